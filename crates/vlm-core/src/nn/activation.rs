@@ -1,0 +1,37 @@
+//! Activation functions named as in transformers' `ACT2FN`.
+
+use candle_core::{Result, Tensor};
+use serde::Deserialize;
+
+/// An activation, parsed once from the config string (`hidden_act`, `projector_hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Activation {
+    /// Exact GELU with erf (`gelu`).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`, `gelu_fast`).
+    #[serde(rename = "gelu_pytorch_tanh", alias = "gelu_new", alias = "gelu_fast")]
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)` (CLIP's `quick_gelu`).
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    /// `x * sigmoid(x)` (`silu`, `swish`).
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    /// `max(x, 0)`.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation elementwise.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Gelu => xs.gelu_erf(),
+            Self::GeluTanh => xs.gelu(),
+            Self::QuickGelu => xs.broadcast_mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
+            Self::Silu => xs.silu(),
+            Self::Relu => xs.relu(),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Building blocks shared by every model: linear layers, norms, activations, rotary embeddings,
+//! attention and the KV cache.
+
+mod activation;
+mod attention;
+mod kv_cache;
+mod linear;
+mod norm;
+mod rope;
+
+pub use activation::Activation;
+pub use attention::{attention, causal_mask_from_positions, repeat_kv};
+pub use kv_cache::{KvCache, LayerCache};
+pub use linear::Linear;
+pub use norm::{LayerNorm, RmsNorm};
+pub use rope::{RopeScaling, RotaryEmbedding};

@@ -1,0 +1,216 @@
+//! The Llama-architecture decoder (Llama, Vicuna, Mistral, Qwen2).
+//!
+//! Mirrors `transformers/models/llama/modeling_llama.py` and `qwen2/modeling_qwen2.py`; the
+//! only structural difference between them is the bias on q/k/v (`DecoderConfig::qkv_bias`).
+//! Weights live under `embed_tokens`, `layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
+//! post_attention_layernorm, mlp.{gate,up,down}_proj}`, `norm`, and the head at `lm_head`.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::DecoderConfig;
+use crate::nn::{
+    attention, causal_mask_from_positions, repeat_kv, Activation, KvCache, LayerCache, Linear,
+    RmsNorm, RotaryEmbedding,
+};
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: Linear::new(h, nh * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
+            o_proj: Linear::new(nh * hd, h, cfg.o_bias, vb.pp("o_proj"))?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor> {
+        let (b, s, _) = xs.dims3()?;
+        let heads = |t: Tensor, n: usize| t.reshape((b, s, n, self.head_dim))?.transpose(1, 2);
+        let q = heads(self.q_proj.forward(xs)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(xs)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = RotaryEmbedding::apply(&q, cos, sin)?;
+        let k = RotaryEmbedding::apply(&k, cos, sin)?;
+        let (k, v) = cache.append(&k, &v.contiguous()?)?;
+        let n_rep = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, n_rep)?;
+        let v = repeat_kv(v, n_rep)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = attention(&q, &k, &v, mask, scale)?;
+        let out = out.transpose(1, 2)?.reshape((b, s, ()))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: Linear::new(h, i, false, vb.pp("up_proj"))?,
+            down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
+        self.down_proj
+            .forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Layer {
+    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(Self {
+            input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+}
+
+/// A decoder-only language model with an explicit KV cache.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: RotaryEmbedding,
+    cfg: DecoderConfig,
+}
+
+impl Decoder {
+    /// Loads the decoder body from `vb` (`embed_tokens`, `layers`, `norm`) and the head from
+    /// `head` (`weight`), which is not read when the embeddings are tied.
+    pub fn new(cfg: &DecoderConfig, vb: VarBuilder, head: VarBuilder) -> Result<Self> {
+        let embed_tokens = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::from_weights(embed_tokens.clone(), None)
+        } else {
+            Linear::new(cfg.hidden_size, cfg.vocab_size, false, head)?
+        };
+        let vbl = vb.pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::new(cfg, vbl.pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            rope: RotaryEmbedding::new(
+                cfg.head_dim,
+                cfg.rope_theta,
+                &cfg.rope_scaling,
+                embed_tokens.device(),
+            )?,
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
+            lm_head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The activation dtype (that of the weights).
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.embed_tokens.device()
+    }
+
+    /// A fresh cache sized for this decoder.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Token embeddings: `(b, s)` ids -> `(b, s, hidden)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        self.embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))
+    }
+
+    /// Runs the layers over `embeds` `(b, s, hidden)` at `positions` `(b, s)`, appending to
+    /// `cache`, and returns the final normed hidden states `(b, s, hidden)`.
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let dtype = embeds.dtype();
+        let key_positions = cache.extend_positions(positions)?;
+        let mask = causal_mask_from_positions(positions, &key_positions, dtype)?;
+        let (cos, sin) = self.rope.cos_sin(positions, dtype)?;
+        let mut xs = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let Some(lc) = cache.layer_mut(i) else {
+                candle_core::bail!("KV cache has fewer layers than the decoder ({i})");
+            };
+            let h = layer.input_layernorm.forward(&xs)?;
+            let h = layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), lc)?;
+            let xs2 = (xs + h)?;
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&xs2)?)?;
+            xs = (xs2 + h)?;
+        }
+        self.norm.forward(&xs)
+    }
+
+    /// Projects hidden states to vocabulary logits.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+}

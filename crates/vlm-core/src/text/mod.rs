@@ -1,0 +1,7 @@
+//! Text decoders: token ids or embeddings in, logits out, with an explicit KV cache.
+
+mod config;
+mod decoder;
+
+pub use config::{DecoderConfig, TextConfig};
+pub use decoder::Decoder;

@@ -1,0 +1,131 @@
+//! CLIP ViT vision tower (LLaVA-1.5, LLaVA-NeXT).
+//!
+//! Mirrors `transformers/models/clip/modeling_clip.py` (`CLIPVisionModel`), config
+//! `configuration_clip.py` (`CLIPVisionConfig`).
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::encoder::{EncoderDims, VitEncoder};
+use crate::nn::{Activation, LayerNorm, Linear};
+
+fn d_hidden() -> usize {
+    768
+}
+fn d_intermediate() -> usize {
+    3072
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_heads() -> usize {
+    12
+}
+fn d_channels() -> usize {
+    3
+}
+fn d_image() -> usize {
+    224
+}
+fn d_patch() -> usize {
+    32
+}
+fn d_act() -> Activation {
+    Activation::QuickGelu
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+
+/// `CLIPVisionConfig`, with transformers' defaults for every missing key.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipVisionConfig {
+    /// Width of the hidden states.
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    /// Number of encoder layers.
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    /// Input channels.
+    #[serde(default = "d_channels")]
+    pub num_channels: usize,
+    /// Input resolution (square).
+    #[serde(default = "d_image")]
+    pub image_size: usize,
+    /// Patch side.
+    #[serde(default = "d_patch")]
+    pub patch_size: usize,
+    /// MLP activation.
+    #[serde(default = "d_act")]
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// The CLIP vision transformer (`embeddings`, `pre_layrnorm`, `encoder`).
+#[derive(Debug, Clone)]
+pub struct ClipVisionTower {
+    patch_embedding: Linear,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: VitEncoder,
+    patch_size: usize,
+}
+
+impl ClipVisionTower {
+    /// Loads the tower from `vb` (keys `embeddings.*`, `pre_layrnorm.*`, `encoder.layers.*`).
+    pub fn new(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        let emb = vb.pp("embeddings");
+        let conv = emb.get((h, c, p, p), "patch_embedding.weight")?;
+        let num_positions = (cfg.image_size / p).pow(2) + 1;
+        Ok(Self {
+            patch_embedding: Linear::from_weights(conv.reshape((h, c * p * p))?, None),
+            class_embedding: emb.get(h, "class_embedding")?,
+            position_embedding: emb.get((num_positions, h), "position_embedding.weight")?,
+            pre_layrnorm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            encoder: VitEncoder::new(
+                &EncoderDims {
+                    hidden_size: h,
+                    intermediate_size: cfg.intermediate_size,
+                    num_hidden_layers: cfg.num_hidden_layers,
+                    num_attention_heads: cfg.num_attention_heads,
+                    layer_norm_eps: cfg.layer_norm_eps,
+                    hidden_act: cfg.hidden_act,
+                },
+                vb.pp("encoder"),
+            )?,
+            patch_size: p,
+        })
+    }
+
+    /// `[pre_layrnorm(embeddings), layer 1, ..., layer up_to]`, each `(b, 1 + patches, hidden)`.
+    pub fn hidden_states(&self, pixel_values: &Tensor, up_to: usize) -> Result<Vec<Tensor>> {
+        let dtype = self.class_embedding.dtype();
+        let patches = super::patchify(&pixel_values.to_dtype(dtype)?, self.patch_size)?;
+        let patches = self.patch_embedding.forward(&patches)?;
+        let (b, n, h) = patches.dims3()?;
+        let positions = self.position_embedding.dim(0)?;
+        if n + 1 != positions {
+            candle_core::bail!(
+                "CLIP vision tower: the image gives {n} patches but the position table holds {} \
+                 (image_size / patch_size squared); resize the image to the configured size",
+                positions - 1
+            );
+        }
+        let cls = self.class_embedding.reshape((1, 1, h))?.expand((b, 1, h))?;
+        let xs = Tensor::cat(&[&cls, &patches], D::Minus2)?;
+        let xs = xs.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let xs = self.pre_layrnorm.forward(&xs)?;
+        self.encoder.hidden_states(xs, up_to)
+    }
+}

@@ -1,0 +1,118 @@
+//! The pre-norm transformer encoder CLIP and SigLIP share (`layer_norm1`, `self_attn`,
+//! `layer_norm2`, `mlp.fc1/fc2`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{attention, Activation, LayerNorm, Linear};
+
+/// Dimensions of a ViT encoder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EncoderDims {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: Activation,
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(d: &EncoderDims, vb: VarBuilder) -> Result<Self> {
+        let h = d.hidden_size;
+        Ok(Self {
+            q_proj: Linear::new(h, h, true, vb.pp("q_proj"))?,
+            k_proj: Linear::new(h, h, true, vb.pp("k_proj"))?,
+            v_proj: Linear::new(h, h, true, vb.pp("v_proj"))?,
+            out_proj: Linear::new(h, h, true, vb.pp("out_proj"))?,
+            num_heads: d.num_attention_heads,
+            head_dim: h / d.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let split = |t: Tensor| {
+            t.reshape((b, n, self.num_heads, self.head_dim))?
+                .transpose(1, 2)
+        };
+        let q = split(self.q_proj.forward(xs)?)?;
+        let k = split(self.k_proj.forward(xs)?)?;
+        let v = split(self.v_proj.forward(xs)?)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = attention(&q, &k, &v, None, scale)?;
+        let out = out.transpose(1, 2)?.reshape((b, n, ()))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: SelfAttention,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl EncoderLayer {
+    fn new(d: &EncoderDims, vb: VarBuilder) -> Result<Self> {
+        let h = d.hidden_size;
+        Ok(Self {
+            layer_norm1: LayerNorm::new(h, d.layer_norm_eps, vb.pp("layer_norm1"))?,
+            self_attn: SelfAttention::new(d, vb.pp("self_attn"))?,
+            layer_norm2: LayerNorm::new(h, d.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: Linear::new(h, d.intermediate_size, true, vb.pp("mlp").pp("fc1"))?,
+            fc2: Linear::new(d.intermediate_size, h, true, vb.pp("mlp").pp("fc2"))?,
+            act: d.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
+        let m = self.fc1.forward(&self.layer_norm2.forward(&h)?)?;
+        let m = self.fc2.forward(&self.act.forward(&m)?)?;
+        h + m
+    }
+}
+
+/// A stack of encoder layers (`encoder.layers.{i}`).
+#[derive(Debug, Clone)]
+pub struct VitEncoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl VitEncoder {
+    pub(crate) fn new(d: &EncoderDims, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let layers = (0..d.num_hidden_layers)
+            .map(|i| EncoderLayer::new(d, vb.pp(i)))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Returns `[input, out_1, ..., out_k]` with `k = min(up_to, n_layers)`.
+    pub(crate) fn hidden_states(&self, input: Tensor, up_to: usize) -> Result<Vec<Tensor>> {
+        let mut states = Vec::with_capacity(up_to + 1);
+        states.push(input);
+        for layer in self.layers.iter().take(up_to) {
+            let next = match states.last() {
+                Some(prev) => layer.forward(prev)?,
+                None => candle_core::bail!("encoder has no input"),
+            };
+            states.push(next);
+        }
+        Ok(states)
+    }
+}
