@@ -1,0 +1,100 @@
+//! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Reference outputs of one fixture model, written by `scripts/make_fixtures.py`.
+pub struct Reference {
+    /// The JSON metadata (`cases`, configs).
+    pub meta: Value,
+    tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl Reference {
+    /// Loads `reference/<name>.{json,safetensors}`.
+    pub fn load(name: &str) -> Result<Self> {
+        let dir = fixtures().join("reference");
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.json")))
+                .with_context(|| format!("reading {name}.json"))?,
+        )?;
+        let tensors =
+            candle_core::safetensors::load(dir.join(format!("{name}.safetensors")), &Device::Cpu)?
+                .into_iter()
+                .collect();
+        Ok(Self { meta, tensors })
+    }
+
+    /// Tensor `case{case}.{name}`.
+    pub fn tensor(&self, case: usize, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(&format!("case{case}.{name}"))
+            .with_context(|| format!("reference has no case{case}.{name}"))
+    }
+
+    /// Integer tensor `case{case}.{name}` as u32s.
+    pub fn ids(&self, case: usize, name: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tensor(case, name)?
+            .to_dtype(candle_core::DType::I64)?
+            .to_vec1::<i64>()?
+            .into_iter()
+            .map(|v| v as u32)
+            .collect())
+    }
+
+    /// The cases' JSON entries.
+    pub fn cases(&self) -> Vec<Value> {
+        self.meta["cases"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Largest `|a - b|` over two same-shaped tensors (compared in f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    anyhow::ensure!(
+        a.dims() == b.dims(),
+        "shape mismatch: {:?} vs {:?}",
+        a.dims(),
+        b.dims()
+    );
+    let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    Ok(d)
+}
+
+/// Parses an HF-style message list (`[{"role", "content": [{"type": "image"} | {"type":
+/// "text", "text"}]}]`).
+pub fn messages(value: &Value) -> Result<Vec<vlm::Message>> {
+    let mut out = Vec::new();
+    for m in value.as_array().context("messages must be a list")? {
+        let role = m["role"].as_str().context("role")?;
+        let parts = match &m["content"] {
+            Value::String(s) => vec![vlm::ContentPart::Text(s.clone())],
+            Value::Array(parts) => parts
+                .iter()
+                .map(|p| match p["type"].as_str() {
+                    Some("image") => Ok(vlm::ContentPart::Image),
+                    Some("text") => Ok(vlm::ContentPart::Text(
+                        p["text"].as_str().context("text part")?.to_string(),
+                    )),
+                    other => anyhow::bail!("unknown content part {other:?}"),
+                })
+                .collect::<Result<_>>()?,
+            other => anyhow::bail!("unexpected content {other}"),
+        };
+        out.push(vlm::Message::new(role, parts));
+    }
+    Ok(out)
+}

@@ -1,0 +1,125 @@
+//! LLaVA parity against transformers 5.23 (fixtures from `scripts/make_fixtures.py`).
+//!
+//! Tolerances (f32): pixel values <= 1e-5 (the uint8 resize is bit-exact to Pillow's),
+//! vision features, projector output and logits <= 1e-4; token ids exact.
+
+use anyhow::{Context, Result};
+use vlm::{GenerateParams, LoadOptions, ModelSource, Request, Vlm};
+use vlm_tests::{fixtures, max_abs_diff, messages, Reference};
+
+const PIXEL_TOL: f32 = 1e-5;
+const FEATURE_TOL: f32 = 1e-4;
+const LOGIT_TOL: f32 = 1e-4;
+
+fn load(name: &str) -> Result<Vlm> {
+    let source = ModelSource::Local(fixtures().join(name));
+    Ok(Vlm::load(&source, &LoadOptions::default())?)
+}
+
+fn request(vlm: &Vlm, case: &serde_json::Value) -> Result<Request> {
+    let images = case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .map(|f| {
+            let path = fixtures()
+                .join("reference/images")
+                .join(f.as_str().unwrap_or_default());
+            Ok(vlm.load_image(path)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Request {
+        messages: messages(&case["messages"])?,
+        images,
+    })
+}
+
+fn check_model(name: &str) -> Result<()> {
+    let vlm = load(name)?;
+    let reference = Reference::load(name)?;
+    let cases = reference.cases();
+    assert!(!cases.is_empty(), "{name}: no reference cases");
+    for (i, case) in cases.iter().enumerate() {
+        let n = i + 1;
+        let req = request(&vlm, case)?;
+        let prepared = vlm.prepare(&req)?;
+        assert_eq!(
+            prepared.prompt,
+            case["prompt"].as_str().context("prompt")?,
+            "{name} case {n}: rendered prompt"
+        );
+        assert_eq!(
+            prepared.input_ids,
+            reference.ids(n, "input_ids")?,
+            "{name} case {n}: input ids"
+        );
+        let px = prepared.pixel_values.as_ref().context("pixel values")?;
+        let d = max_abs_diff(px, reference.tensor(n, "pixel_values")?)?;
+        assert!(d <= PIXEL_TOL, "{name} case {n}: pixel values differ by {d}");
+
+        let vlm::Model::Llava(llava) = vlm.model() else {
+            anyhow::bail!("{name} should load as LLaVA");
+        };
+        let vis = llava.vision_features(px)?;
+        let d = max_abs_diff(&vis, reference.tensor(n, "vision_selected")?)?;
+        assert!(d <= FEATURE_TOL, "{name} case {n}: vision features differ by {d}");
+        let feats = llava.image_features(px)?;
+        let d = max_abs_diff(&feats, reference.tensor(n, "image_features")?)?;
+        assert!(d <= FEATURE_TOL, "{name} case {n}: projector output differs by {d}");
+
+        let logits = vlm.prompt_logits(&prepared)?;
+        let d = max_abs_diff(&logits, reference.tensor(n, "logits")?)?;
+        assert!(d <= LOGIT_TOL, "{name} case {n}: logits differ by {d}");
+
+        let params = GenerateParams {
+            max_new_tokens: 12,
+            ..GenerateParams::default()
+        };
+        let greedy = vlm.generate_prepared(&prepared, &params, |_| true)?;
+        assert_eq!(
+            greedy.token_ids,
+            reference.ids(n, "greedy_ids")?,
+            "{name} case {n}: greedy ids (stopping on EOS)"
+        );
+        let params = GenerateParams {
+            ignore_eos: true,
+            ..params
+        };
+        let noeos = vlm.generate_prepared(&prepared, &params, |_| true)?;
+        assert_eq!(
+            noeos.token_ids,
+            reference.ids(n, "greedy_ids_noeos")?,
+            "{name} case {n}: greedy ids (EOS ignored)"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn clip_llama_gqa_llama3_rope_untied_matches_transformers() -> Result<()> {
+    check_model("llava-clip-llama")
+}
+
+#[test]
+fn siglip_qwen2_tied_sharded_published_layout_matches_transformers() -> Result<()> {
+    check_model("llava-siglip-qwen2")
+}
+
+#[test]
+fn reference_cases_are_sensitive_to_the_image() -> Result<()> {
+    // Guards the fixtures themselves: if the image did not change the logits, the parity tests
+    // above could pass with a broken vision path.
+    for name in ["llava-clip-llama", "llava-siglip-qwen2"] {
+        let r = Reference::load(name)?;
+        let a = r.tensor(1, "logits")?;
+        let last_a = a.get(a.dim(0)? - 1)?;
+        let mut differs = false;
+        for n in 2..=r.cases().len() {
+            let b = r.tensor(n, "logits")?;
+            let last_b = b.get(b.dim(0)? - 1)?;
+            differs |= max_abs_diff(&last_a, &last_b)? > 1e-2;
+        }
+        assert!(differs, "{name}: reference logits do not depend on the case");
+    }
+    Ok(())
+}
