@@ -33,6 +33,7 @@
 
 mod error;
 mod generate;
+pub mod manifest;
 mod model;
 mod pipeline;
 mod sampling;
