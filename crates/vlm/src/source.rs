@@ -70,7 +70,12 @@ impl Fetcher {
                     hf_hub::RepoType::Model,
                     revision.clone(),
                 );
-                let cache = hf_hub::Cache::from_env().repo(hf_repo.clone());
+                // Python's HF_HUB_CACHE wins over HF_HOME/hub; hf-hub itself only reads HF_HOME.
+                let cache_root = match std::env::var_os("HF_HUB_CACHE") {
+                    Some(dir) => hf_hub::Cache::new(dir.into()),
+                    None => hf_hub::Cache::from_env(),
+                };
+                let cache = cache_root.repo(hf_repo.clone());
                 // HF_HUB_OFFLINE=1 means: answer from the cache only, as the Python libraries do.
                 let offline = std::env::var("HF_HUB_OFFLINE")
                     .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
@@ -78,8 +83,15 @@ impl Fetcher {
                 let api = if offline {
                     None
                 } else {
-                    let api = hf_hub::api::sync::ApiBuilder::from_env()
-                        .with_progress(false)
+                    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache_root.clone())
+                        .with_progress(false);
+                    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+                        builder = builder.with_endpoint(endpoint);
+                    }
+                    if let Ok(token) = std::env::var("HF_TOKEN") {
+                        builder = builder.with_token(Some(token));
+                    }
+                    let api = builder
                         .build()
                         .map_err(|e| Error::Hub {
                             repo: label.clone(),
