@@ -135,7 +135,9 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
     let out: Generation = vlm.generate(&request, &params, |event| {
         if stream {
             // A closed pipe (e.g. `| head`) ends generation rather than erroring.
-            return write!(stdout, "{}", event.text).and_then(|_| stdout.flush()).is_ok();
+            return write!(stdout, "{}", event.text)
+                .and_then(|_| stdout.flush())
+                .is_ok();
         }
         true
     })?;

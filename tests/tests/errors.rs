@@ -34,7 +34,10 @@ impl Drop for Scratch {
 }
 
 fn load_err(dir: &Path) -> String {
-    match Vlm::load(&ModelSource::Local(dir.to_path_buf()), &LoadOptions::default()) {
+    match Vlm::load(
+        &ModelSource::Local(dir.to_path_buf()),
+        &LoadOptions::default(),
+    ) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e.to_string(),
     }
@@ -88,7 +91,8 @@ fn shape_mismatch_reports_expected_and_found() -> Result<()> {
     let s = Scratch::of("llava-clip-llama", "shape")?;
     let path = s.path("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)?;
-    let bad = candle_core::Tensor::zeros((63,), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    let bad =
+        candle_core::Tensor::zeros((63,), candle_core::DType::F32, &candle_core::Device::Cpu)?;
     tensors.insert("model.language_model.norm.weight".into(), bad);
     candle_core::safetensors::save(&tensors, &path)?;
     let e = load_err(&s.0);
@@ -106,7 +110,10 @@ fn truncated_safetensors_names_the_file() -> Result<()> {
     let bytes = std::fs::read(&path)?;
     std::fs::write(&path, &bytes[..bytes.len() / 2])?;
     let e = load_err(&s.0);
-    assert!(e.contains("model.safetensors") && e.contains("safetensors"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -171,14 +178,22 @@ fn image_and_placeholder_counts_must_match() -> Result<()> {
         messages: vec![Message::user_with_images(1, "Two?")],
         images: vec![img.clone(), img.clone()],
     };
-    let e = vlm.prepare(&req).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = vlm
+        .prepare(&req)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains('1') && e.contains('2'), "{e}");
     // Fewer images than placeholders.
     let req = Request {
         messages: vec![Message::user_with_images(2, "Two?")],
         images: vec![img],
     };
-    let e = vlm.prepare(&req).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = vlm
+        .prepare(&req)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains('1') && e.contains('2'), "{e}");
     Ok(())
 }
@@ -196,7 +211,11 @@ fn feature_count_is_checked_before_the_merge() -> Result<()> {
         .position(|&t| t == image_token)
         .unwrap_or(0);
     prepared.input_ids.remove(at);
-    let e = vlm.embed(&prepared).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = vlm
+        .embed(&prepared)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("15") && e.contains("16"), "{e}");
     Ok(())
 }
@@ -206,7 +225,11 @@ fn prompt_longer_than_the_context_is_refused() -> Result<()> {
     let vlm = fixture_model()?;
     let long = "word ".repeat(400);
     let e = vlm
-        .generate(&Request::new(long, vec![]), &GenerateParams::default(), |_| true)
+        .generate(
+            &Request::new(long, vec![]),
+            &GenerateParams::default(),
+            |_| true,
+        )
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();

@@ -144,9 +144,15 @@ fn hub_id_loads_from_the_hf_cache_layout() -> Result<()> {
     assert!(matches!(source, ModelSource::Hub { .. }));
     let vlm = Vlm::load(&source, &LoadOptions::default())?;
     assert!(vlm.dir().starts_with(&snap));
-    let missing = Vlm::load(&ModelSource::parse("tiny/absent", None), &LoadOptions::default());
+    let missing = Vlm::load(
+        &ModelSource::parse("tiny/absent", None),
+        &LoadOptions::default(),
+    );
     let e = missing.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("config.json") && e.contains("tiny/absent"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("tiny/absent"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
 }

@@ -55,17 +55,26 @@ fn check_model(name: &str) -> Result<()> {
         );
         let px = prepared.pixel_values.as_ref().context("pixel values")?;
         let d = max_abs_diff(px, reference.tensor(n, "pixel_values")?)?;
-        assert!(d <= PIXEL_TOL, "{name} case {n}: pixel values differ by {d}");
+        assert!(
+            d <= PIXEL_TOL,
+            "{name} case {n}: pixel values differ by {d}"
+        );
 
         let vlm::Model::Llava(llava) = vlm.model() else {
             anyhow::bail!("{name} should load as LLaVA");
         };
         let vis = llava.vision_features(px)?;
         let d = max_abs_diff(&vis, reference.tensor(n, "vision_selected")?)?;
-        assert!(d <= FEATURE_TOL, "{name} case {n}: vision features differ by {d}");
+        assert!(
+            d <= FEATURE_TOL,
+            "{name} case {n}: vision features differ by {d}"
+        );
         let feats = llava.image_features(px)?;
         let d = max_abs_diff(&feats, reference.tensor(n, "image_features")?)?;
-        assert!(d <= FEATURE_TOL, "{name} case {n}: projector output differs by {d}");
+        assert!(
+            d <= FEATURE_TOL,
+            "{name} case {n}: projector output differs by {d}"
+        );
 
         let logits = vlm.prompt_logits(&prepared)?;
         let d = max_abs_diff(&logits, reference.tensor(n, "logits")?)?;
@@ -119,7 +128,10 @@ fn reference_cases_are_sensitive_to_the_image() -> Result<()> {
             let last_b = b.get(b.dim(0)? - 1)?;
             differs |= max_abs_diff(&last_a, &last_b)? > 1e-2;
         }
-        assert!(differs, "{name}: reference logits do not depend on the case");
+        assert!(
+            differs,
+            "{name}: reference logits do not depend on the case"
+        );
     }
     Ok(())
 }

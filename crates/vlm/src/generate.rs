@@ -113,7 +113,9 @@ impl<'a> Generator<'a> {
     pub(crate) fn new(vlm: &'a Vlm, params: &'a GenerateParams) -> Result<Self> {
         params.sampling.validate()?;
         if params.stop_strings.iter().any(String::is_empty) {
-            return Err(Error::InvalidOption("stop strings must not be empty".into()));
+            return Err(Error::InvalidOption(
+                "stop strings must not be empty".into(),
+            ));
         }
         Ok(Self { vlm, params })
     }

@@ -42,7 +42,7 @@ mod weights;
 
 pub use candle_core::{DType, Device};
 pub use error::{Error, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, TokenEvent, TokenLogprob, Timings};
+pub use generate::{FinishReason, GenerateParams, Generation, Timings, TokenEvent, TokenLogprob};
 pub use model::{Model, SUPPORTED_MODEL_TYPES};
 pub use pipeline::{LoadOptions, Prepared, Request, Vlm};
 pub use sampling::SamplingParams;

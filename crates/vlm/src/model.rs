@@ -87,7 +87,11 @@ impl Model {
     }
 
     /// Token embeddings of `ids` with `image_features` spliced in at the placeholders.
-    pub fn embed_with_images(&self, ids: &[u32], image_features: Option<&Tensor>) -> Result<Tensor> {
+    pub fn embed_with_images(
+        &self,
+        ids: &[u32],
+        image_features: Option<&Tensor>,
+    ) -> Result<Tensor> {
         match self {
             Self::Llava(m) => Ok(m.embed_with_images(ids, image_features)?),
         }

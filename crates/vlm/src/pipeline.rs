@@ -268,10 +268,7 @@ impl Vlm {
         let n = prepared.input_ids.len() as u32;
         let positions = Tensor::arange(0u32, n, &self.device)?.unsqueeze(0)?;
         let hidden = decoder.forward_embeds(&embeds, &positions, &mut cache)?;
-        Ok(decoder
-            .logits(&hidden)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?)
+        Ok(decoder.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
     /// Generates an answer, calling `on_token` for every new token (return `false` to stop).

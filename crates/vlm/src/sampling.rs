@@ -193,7 +193,10 @@ mod tests {
             (0..32).map(|_| sample(&logits, &p, &mut r)).collect()
         };
         assert_eq!(a, b);
-        assert!(a.contains(&3), "sampling at T=1 should sometimes pick the runner-up: {a:?}");
+        assert!(
+            a.contains(&3),
+            "sampling at T=1 should sometimes pick the runner-up: {a:?}"
+        );
     }
 
     #[test]

@@ -91,12 +91,10 @@ impl Fetcher {
                     if let Ok(token) = std::env::var("HF_TOKEN") {
                         builder = builder.with_token(Some(token));
                     }
-                    let api = builder
-                        .build()
-                        .map_err(|e| Error::Hub {
-                            repo: label.clone(),
-                            message: e.to_string(),
-                        })?;
+                    let api = builder.build().map_err(|e| Error::Hub {
+                        repo: label.clone(),
+                        message: e.to_string(),
+                    })?;
                     Some(api.repo(hf_repo))
                 };
                 Ok(Self::Hub { label, api, cache })

@@ -132,7 +132,13 @@ pub(crate) fn var_builder(
 fn describe_files(files: &[PathBuf]) -> String {
     files
         .iter()
-        .map(|p| p.file_name().map(Path::new).unwrap_or(p).display().to_string())
+        .map(|p| {
+            p.file_name()
+                .map(Path::new)
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -154,16 +160,22 @@ mod tests {
         .collect();
         let m = canonical_to_stored(&keys);
         assert_eq!(
-            m.get("model.language_model.embed_tokens.weight").map(String::as_str),
+            m.get("model.language_model.embed_tokens.weight")
+                .map(String::as_str),
             Some("language_model.model.embed_tokens.weight")
         );
-        assert_eq!(m.get("lm_head.weight").map(String::as_str), Some("language_model.lm_head.weight"));
         assert_eq!(
-            m.get("model.vision_tower.embeddings.class_embedding").map(String::as_str),
+            m.get("lm_head.weight").map(String::as_str),
+            Some("language_model.lm_head.weight")
+        );
+        assert_eq!(
+            m.get("model.vision_tower.embeddings.class_embedding")
+                .map(String::as_str),
             Some("vision_tower.vision_model.embeddings.class_embedding")
         );
         assert_eq!(
-            m.get("model.multi_modal_projector.linear_1.weight").map(String::as_str),
+            m.get("model.multi_modal_projector.linear_1.weight")
+                .map(String::as_str),
             Some("multi_modal_projector.linear_1.weight")
         );
     }

@@ -186,11 +186,17 @@ impl Llava {
 
     /// Projected image features `(n, tokens, text_hidden)` for pixels `(n, 3, h, w)`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        Ok(self.projector.forward(&self.vision_features(pixel_values)?)?)
+        Ok(self
+            .projector
+            .forward(&self.vision_features(pixel_values)?)?)
     }
 
     /// Embeds `ids` and splices `image_features` (`(n, tokens, h)`, in placeholder order) in.
-    pub fn embed_with_images(&self, ids: &[u32], image_features: Option<&Tensor>) -> Result<Tensor> {
+    pub fn embed_with_images(
+        &self,
+        ids: &[u32],
+        image_features: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let device = self.decoder.device();
         // Placeholder ids may lie outside the embedding table; they are overwritten anyway.
         let safe: Vec<u32> = ids

@@ -33,7 +33,8 @@ pub fn causal_mask_from_positions(
     let k = key_pos.to_dtype(DType::I64)?.unsqueeze(1)?;
     let visible = k.broadcast_le(&q)?;
     let zeros = Tensor::zeros(visible.shape(), dtype, visible.device())?;
-    let neg = Tensor::full(f32::NEG_INFINITY, visible.shape(), visible.device())?.to_dtype(dtype)?;
+    let neg =
+        Tensor::full(f32::NEG_INFINITY, visible.shape(), visible.device())?.to_dtype(dtype)?;
     Ok(Some(visible.where_cond(&zeros, &neg)?.unsqueeze(1)?))
 }
 

@@ -28,7 +28,8 @@ impl Module for RmsNorm {
         let x = xs.to_dtype(DType::F32)?;
         let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
         let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        x.to_dtype(dtype)?.broadcast_mul(&self.weight.to_dtype(dtype)?)
+        x.to_dtype(dtype)?
+            .broadcast_mul(&self.weight.to_dtype(dtype)?)
     }
 }
 

@@ -65,8 +65,11 @@ impl RotaryEmbedding {
                 original_max_position_embeddings,
             } => {
                 let old_ctx = *original_max_position_embeddings as f32;
-                let (factor, low, high) =
-                    (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+                let (factor, low, high) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                );
                 let low_freq_wavelen = old_ctx / low;
                 let high_freq_wavelen = old_ctx / high;
                 for f in inv_freq.iter_mut() {

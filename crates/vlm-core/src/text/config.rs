@@ -250,8 +250,10 @@ mod tests {
                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
         });
-        let a: TextConfig = serde_json::from_value(old).map_err(|e| Error::Config(e.to_string()))?;
-        let b: TextConfig = serde_json::from_value(new).map_err(|e| Error::Config(e.to_string()))?;
+        let a: TextConfig =
+            serde_json::from_value(old).map_err(|e| Error::Config(e.to_string()))?;
+        let b: TextConfig =
+            serde_json::from_value(new).map_err(|e| Error::Config(e.to_string()))?;
         let (a, b) = (a.resolve()?, b.resolve()?);
         assert_eq!(a.rope_theta, 500000.0);
         assert_eq!(a.rope_scaling, b.rope_scaling);
@@ -266,7 +268,11 @@ mod tests {
             Ok(c) => c,
             Err(e) => panic!("config should parse: {e}"),
         };
-        let err = cfg.resolve().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = cfg
+            .resolve()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("yarn") && err.contains("llama3"), "{err}");
     }
 }

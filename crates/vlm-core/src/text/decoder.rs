@@ -87,8 +87,7 @@ impl Mlp {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
-        self.down_proj
-            .forward(&(gate * self.up_proj.forward(xs)?)?)
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
     }
 }
 
