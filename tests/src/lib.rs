@@ -13,6 +13,7 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Reference outputs of one fixture model, written by `scripts/make_fixtures.py`.
+#[derive(Debug)]
 pub struct Reference {
     /// The JSON metadata (`cases`, configs).
     pub meta: Value,

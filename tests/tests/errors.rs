@@ -1,5 +1,7 @@
 //! Bad inputs give errors that name what was expected, what was found and where; never a panic.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;

@@ -1,6 +1,8 @@
 //! Generation behaviour beyond greedy parity: streaming, stop strings, sampling, log-probs,
 //! and loading through the Hugging Face cache layout.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use anyhow::Result;
 use vlm::{FinishReason, GenerateParams, LoadOptions, ModelSource, Request, SamplingParams, Vlm};
 use vlm_tests::fixtures;

@@ -3,6 +3,8 @@
 //! Tolerances (f32): pixel values <= 1e-5 (the uint8 resize is bit-exact to Pillow's),
 //! vision features, projector output and logits <= 1e-4; token ids exact.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use anyhow::{Context, Result};
 use vlm::{GenerateParams, LoadOptions, ModelSource, Request, Vlm};
 use vlm_tests::{fixtures, max_abs_diff, messages, Reference};

@@ -33,20 +33,20 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Rejects values transformers would also reject.
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        if self.temperature.is_nan() || self.temperature < 0.0 || !self.temperature.is_finite() {
             return Err(Error::InvalidOption(format!(
                 "temperature must be a finite number >= 0, found {}",
                 self.temperature
             )));
         }
         if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
+            if p.is_nan() || p <= 0.0 || p > 1.0 {
                 return Err(Error::InvalidOption(format!(
                     "top_p must be in (0, 1], found {p}"
                 )));
             }
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(Error::InvalidOption(format!(
                 "repetition_penalty must be > 0, found {}",
                 self.repetition_penalty

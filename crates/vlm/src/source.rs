@@ -46,7 +46,7 @@ pub(crate) enum Fetcher {
     Local(PathBuf),
     Hub {
         label: String,
-        api: Option<hf_hub::api::sync::ApiRepo>,
+        api: Option<Box<hf_hub::api::sync::ApiRepo>>,
         cache: hf_hub::CacheRepo,
     },
 }
@@ -95,7 +95,7 @@ impl Fetcher {
                         repo: label.clone(),
                         message: e.to_string(),
                     })?;
-                    Some(api.repo(hf_repo))
+                    Some(Box::new(api.repo(hf_repo)))
                 };
                 Ok(Self::Hub { label, api, cache })
             }
