@@ -137,3 +137,28 @@ fn reference_cases_are_sensitive_to_the_image() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn half_precision_tracks_the_f32_reference() -> Result<()> {
+    // bf16/f16 cannot meet the f32 tolerance; they must still compute the same function.
+    // Metric: cosine similarity of the whole prompt's logits with transformers' f32 logits.
+    let name = "llava-siglip-qwen2";
+    let reference = Reference::load(name)?;
+    let case = &reference.cases()[0];
+    let expected = reference.tensor(1, "logits")?.flatten_all()?;
+    for dtype in [vlm::DType::BF16, vlm::DType::F16] {
+        let options = LoadOptions {
+            dtype: Some(dtype),
+            ..LoadOptions::default()
+        };
+        let vlm = Vlm::load(&ModelSource::Local(fixtures().join(name)), &options)?;
+        let prepared = vlm.prepare(&request(&vlm, case)?)?;
+        let got = vlm.prompt_logits(&prepared)?.flatten_all()?;
+        let dot = (&got * &expected)?.sum_all()?.to_scalar::<f32>()?;
+        let norms = got.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
+            * expected.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let cosine = dot / norms;
+        assert!(cosine > 0.999, "{dtype:?}: cosine similarity {cosine}");
+    }
+    Ok(())
+}
