@@ -12,7 +12,7 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Reference outputs of one fixture model, written by `scripts/make_fixtures.py`.
+/// Reference outputs of one fixture model, written by `tests/scripts/make_fixtures.py`.
 #[derive(Debug)]
 pub struct Reference {
     /// The JSON metadata (`cases`, configs).

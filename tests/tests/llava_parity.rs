@@ -1,4 +1,4 @@
-//! LLaVA parity against transformers 5.23 (fixtures from `scripts/make_fixtures.py`).
+//! LLaVA parity against transformers 5.23 (fixtures from `tests/scripts/make_fixtures.py`).
 //!
 //! Tolerances (f32): pixel values <= 1e-5 (the uint8 resize is bit-exact to Pillow's),
 //! vision features, projector output and logits <= 1e-4; token ids exact.

@@ -1,6 +1,6 @@
 //! Parity with transformers 5.23's Pillow-backed processors on real photographs.
 //!
-//! Fixtures come from `scripts/preprocess_fixtures.py`; for every (config, image) case they hold
+//! Fixtures come from `tests/scripts/preprocess_fixtures.py`; for every (config, image) case they hold
 //! the output of the resize step and the input of rescale (uint8, must match exactly) and the
 //! final `pixel_values` (float32, max |diff| <= 1e-5).
 

@@ -19,7 +19,7 @@
 //!   `strftime_now`, Python's `json.dumps` as `tojson`) and prints values as Python's `str()`
 //!   (`None`, `True`, `['a']`). `{% generation %}` blocks (used for assistant masks) render their
 //!   body unchanged. The integration tests compare against renderings and ids produced by
-//!   transformers (`scripts/make_tokenizer.py`).
+//!   transformers (`tests/scripts/make_tokenizer.py`).
 //! * **Stateless core.** Rendering, encoding and chunking are pure functions of their inputs;
 //!   only [`TokenStream`] holds state, for one generation.
 //! * **Mismatches are errors, early.** A prompt whose image markers do not match the images

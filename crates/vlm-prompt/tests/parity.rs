@@ -1,5 +1,5 @@
 //! Parity with transformers 5: renderings and ids in `tests/fixtures/tokenizer/expected.json`
-//! were produced by `scripts/make_tokenizer.py` with `apply_chat_template(..., tokenize=False)`
+//! were produced by `tests/scripts/make_tokenizer.py` with `apply_chat_template(..., tokenize=False)`
 //! and `tokenizer(text).input_ids`.
 
 use std::path::PathBuf;

@@ -15,8 +15,8 @@ Reference: transformers' Pillow-backed processors (CLIPImageProcessorPil, Siglip
 LlavaImageProcessorPil), fed exactly like `Image.open(path)` + `ImageOps.exif_transpose`.
 Also prints how far the default (torchvision-backed) processors are from the Pillow ones.
 
-Run with the pinned environment in scripts/requirements.txt:
-    python3 scripts/preprocess_fixtures.py
+Run with the pinned environment in tests/scripts/requirements.txt:
+    python3 tests/scripts/preprocess_fixtures.py
 """
 
 import io
@@ -41,7 +41,7 @@ from transformers import (
     SiglipImageProcessorPil,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 OUT = ROOT / "tests" / "fixtures" / "preprocess"
 IMAGES = OUT / "images"
 CONFIGS = OUT / "configs"
@@ -275,7 +275,7 @@ def main() -> None:
 
     save_file(tensors, str(OUT / "expected.safetensors"))
     index = {
-        "generator": "scripts/preprocess_fixtures.py",
+        "generator": "tests/scripts/preprocess_fixtures.py",
         "transformers": transformers.__version__,
         "pillow": Image.__version__,
         "images": names,

@@ -15,7 +15,7 @@ The tokenizer is trained from scratch (byte-level BPE like Llama-3 / Qwen2) on a
 text written below, so the script needs no network access. Training is deterministic, so rerunning
 it reproduces the same files.
 
-Usage: python3 scripts/make_tokenizer.py   (needs `tokenizers` and `transformers` 5.x)
+Usage: python3 tests/scripts/make_tokenizer.py   (needs `tokenizers` and `transformers` 5.x)
 """
 
 import json
@@ -24,7 +24,7 @@ import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "tokenizer")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tokenizer")
 
 # Size of the trained part: 256 byte symbols + 144 merges.
 TRAINED_VOCAB = 400

@@ -16,8 +16,8 @@ Writes (and only writes) these paths under tests/fixtures/:
   logits, greedy generations with and without EOS stopping).
 
 Everything is deterministic (fixed seeds, fixed inputs); rerunning reproduces identical files.
-Needs: pip install -r scripts/requirements.txt   (torch CPU, transformers 5.23, pillow, scikit-image)
-Usage: python3 scripts/make_fixtures.py
+Needs: pip install -r tests/scripts/requirements.txt   (torch CPU, transformers 5.23, pillow, scikit-image)
+Usage: python3 tests/scripts/make_fixtures.py
 """
 
 import json
@@ -56,7 +56,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.set_verbosity_error()
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 FIX = ROOT / "tests" / "fixtures"
 TOK_DIR = FIX / "tokenizer"
 REF_DIR = FIX / "reference"
@@ -86,7 +86,7 @@ torch.set_num_threads(1)  # bit-stable CPU results between runs
 def ensure_tokenizer():
     ready = TOK_DIR / "READY"
     if not ready.exists():
-        script = ROOT / "scripts" / "make_tokenizer.py"
+        script = ROOT / "tests" / "scripts" / "make_tokenizer.py"
         if not script.exists():
             sys.exit(f"missing {ready} and {script}: cannot build the tokenizer fixtures")
         print(f"[tokenizer] {ready} missing, running {script.relative_to(ROOT)}")
@@ -898,7 +898,7 @@ def main():
     verify_reload(out_a, model_a, proc_a, tensors_a, cases_a())
     meta_a = {
         "model": MODEL_A,
-        "generated_by": "scripts/make_fixtures.py",
+        "generated_by": "tests/scripts/make_fixtures.py",
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "attn_implementation": "eager",
@@ -944,7 +944,7 @@ def main():
           f"(default AutoProcessor backend: {type(p_tv.image_processor).__name__})")
     meta_b = {
         "model": MODEL_B,
-        "generated_by": "scripts/make_fixtures.py",
+        "generated_by": "tests/scripts/make_fixtures.py",
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "attn_implementation": "eager",
