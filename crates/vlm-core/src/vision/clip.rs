@@ -3,72 +3,11 @@
 //! Mirrors `transformers/models/clip/modeling_clip.py` (`CLIPVisionModel`), config
 //! `configuration_clip.py` (`CLIPVisionConfig`).
 
+pub use super::config::ClipVisionConfig;
+use super::encoder::VitEncoder;
+use crate::nn::{LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
-
-use super::encoder::{EncoderDims, VitEncoder};
-use crate::nn::{Activation, LayerNorm, Linear};
-
-fn d_hidden() -> usize {
-    768
-}
-fn d_intermediate() -> usize {
-    3072
-}
-fn d_layers() -> usize {
-    12
-}
-fn d_heads() -> usize {
-    12
-}
-fn d_channels() -> usize {
-    3
-}
-fn d_image() -> usize {
-    224
-}
-fn d_patch() -> usize {
-    32
-}
-fn d_act() -> Activation {
-    Activation::QuickGelu
-}
-fn d_eps() -> f64 {
-    1e-5
-}
-
-/// `CLIPVisionConfig`, with transformers' defaults for every missing key.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClipVisionConfig {
-    /// Width of the hidden states.
-    #[serde(default = "d_hidden")]
-    pub hidden_size: usize,
-    /// Width of the MLP.
-    #[serde(default = "d_intermediate")]
-    pub intermediate_size: usize,
-    /// Number of encoder layers.
-    #[serde(default = "d_layers")]
-    pub num_hidden_layers: usize,
-    /// Attention heads per layer.
-    #[serde(default = "d_heads")]
-    pub num_attention_heads: usize,
-    /// Input channels.
-    #[serde(default = "d_channels")]
-    pub num_channels: usize,
-    /// Input resolution (square).
-    #[serde(default = "d_image")]
-    pub image_size: usize,
-    /// Patch side.
-    #[serde(default = "d_patch")]
-    pub patch_size: usize,
-    /// MLP activation.
-    #[serde(default = "d_act")]
-    pub hidden_act: Activation,
-    /// LayerNorm epsilon.
-    #[serde(default = "d_eps")]
-    pub layer_norm_eps: f64,
-}
 
 /// The CLIP vision transformer (`embeddings`, `pre_layrnorm`, `encoder`).
 #[derive(Debug, Clone)]
@@ -93,17 +32,7 @@ impl ClipVisionTower {
             class_embedding: emb.get(h, "class_embedding")?,
             position_embedding: emb.get((num_positions, h), "position_embedding.weight")?,
             pre_layrnorm: LayerNorm::new(h, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
-            encoder: VitEncoder::new(
-                &EncoderDims {
-                    hidden_size: h,
-                    intermediate_size: cfg.intermediate_size,
-                    num_hidden_layers: cfg.num_hidden_layers,
-                    num_attention_heads: cfg.num_attention_heads,
-                    layer_norm_eps: cfg.layer_norm_eps,
-                    hidden_act: cfg.hidden_act,
-                },
-                vb.pp("encoder"),
-            )?,
+            encoder: VitEncoder::new(&cfg.encoder_dims(), vb.pp("encoder"))?,
             patch_size: p,
         })
     }

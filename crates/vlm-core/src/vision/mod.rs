@@ -1,10 +1,12 @@
 //! Vision towers: images in, patch features out.
 
 mod clip;
+mod config;
 mod encoder;
 mod siglip;
 
 pub use clip::{ClipVisionConfig, ClipVisionTower};
+pub use config::{ClipDefaults, SiglipDefaults, VitConfig, VitDefaults};
 pub use encoder::VitEncoder;
 pub use siglip::{SiglipVisionConfig, SiglipVisionTower};
 
