@@ -45,6 +45,14 @@ fn load_err(dir: &Path) -> String {
     }
 }
 
+/// The message of a call that must fail.
+fn err_text<T>(result: vlm::Result<T>) -> String {
+    match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn fixture_model() -> Result<Vlm> {
     Ok(Vlm::load(
         &ModelSource::Local(fixtures().join("llava-clip-llama")),
@@ -180,23 +188,21 @@ fn image_and_placeholder_counts_must_match() -> Result<()> {
         messages: vec![Message::user_with_images(1, "Two?")],
         images: vec![img.clone(), img.clone()],
     };
-    let e = vlm
-        .prepare(&req)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(e.contains('1') && e.contains('2'), "{e}");
+    let e = err_text(vlm.prepare(&req));
+    assert!(
+        e.contains("1 image marker") && e.contains("2 image(s)"),
+        "{e}"
+    );
     // Fewer images than placeholders.
     let req = Request {
         messages: vec![Message::user_with_images(2, "Two?")],
         images: vec![img],
     };
-    let e = vlm
-        .prepare(&req)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(e.contains('1') && e.contains('2'), "{e}");
+    let e = err_text(vlm.prepare(&req));
+    assert!(
+        e.contains("2 image marker") && e.contains("1 image(s)"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -213,12 +219,11 @@ fn feature_count_is_checked_before_the_merge() -> Result<()> {
         .position(|&t| t == image_token)
         .unwrap_or(0);
     prepared.input_ids.remove(at);
-    let e = vlm
-        .embed(&prepared)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(e.contains("15") && e.contains("16"), "{e}");
+    let e = err_text(vlm.embed(&prepared));
+    assert!(
+        e.contains("has 15 image placeholder") && e.contains("produced 16 feature"),
+        "{e}"
+    );
     Ok(())
 }
 
@@ -226,15 +231,11 @@ fn feature_count_is_checked_before_the_merge() -> Result<()> {
 fn prompt_longer_than_the_context_is_refused() -> Result<()> {
     let vlm = fixture_model()?;
     let long = "word ".repeat(400);
-    let e = vlm
-        .generate(
-            &Request::new(long, vec![]),
-            &GenerateParams::default(),
-            |_| true,
-        )
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = err_text(vlm.generate(
+        &Request::new(long, vec![]),
+        &GenerateParams::default(),
+        |_| true,
+    ));
     assert!(e.contains("context is 256"), "{e}");
     Ok(())
 }
@@ -244,11 +245,7 @@ fn invalid_sampling_options_are_refused() -> Result<()> {
     let vlm = fixture_model()?;
     let mut params = GenerateParams::default();
     params.sampling.top_p = Some(1.5);
-    let e = vlm
-        .generate(&Request::new("hi", vec![]), &params, |_| true)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let e = err_text(vlm.generate(&Request::new("hi", vec![]), &params, |_| true));
     assert!(e.contains("top_p") && e.contains("1.5"), "{e}");
     Ok(())
 }

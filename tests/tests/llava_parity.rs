@@ -80,6 +80,8 @@ fn check_model(name: &str) -> Result<()> {
 
         let logits = vlm.prompt_logits(&prepared)?;
         let d = max_abs_diff(&logits, reference.tensor(n, "logits")?)?;
+        // Reported so the margins to the tolerances are visible (`--nocapture`).
+        eprintln!("{name} case {n}: logits max abs diff {d:.2e}");
         assert!(d <= LOGIT_TOL, "{name} case {n}: logits differ by {d}");
 
         let params = GenerateParams {

@@ -154,8 +154,7 @@ impl<'a> Generator<'a> {
         let t = Instant::now();
         let mut cache = decoder.new_cache();
         let n_prompt = prepared.input_ids.len();
-        let positions = Tensor::arange(0u32, n_prompt as u32, device)?.unsqueeze(0)?;
-        let hidden = decoder.forward_embeds(&embeds, &positions, &mut cache)?;
+        let hidden = vlm.prefill(&embeds, &mut cache)?;
         let mut logits = self.last_logits(&hidden)?;
         timings.prefill = ms(t);
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use serde::Deserialize;
 use serde_json::Value;
 use vlm_core::models::{Llava, LlavaConfig};
 use vlm_core::text::Decoder;
@@ -21,40 +22,45 @@ pub enum Model {
     Llava(Llava),
 }
 
-impl Model {
-    /// Reads `config.json`, checks the architecture, and builds the model from `vb`.
-    pub(crate) fn load(config_path: &Path, vb: VarBuilder) -> Result<Self> {
-        let text = std::fs::read_to_string(config_path).map_err(|source| Error::Io {
-            path: config_path.to_path_buf(),
-            source,
-        })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
-            path: config_path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+/// A parsed `config.json`, one variant per supported architecture.
+#[derive(Debug, Clone)]
+pub(crate) enum ModelConfig {
+    Llava(Box<LlavaConfig>),
+}
+
+impl ModelConfig {
+    /// Picks the architecture from `model_type` and parses its config; `path` is for errors.
+    pub(crate) fn parse(json: &Value, path: &Path) -> Result<Self> {
         let model_type = json
             .get("model_type")
             .and_then(Value::as_str)
-            .unwrap_or("<missing model_type>")
-            .to_string();
+            .unwrap_or("<missing model_type>");
         let invalid = |e: serde_json::Error| Error::InvalidJson {
-            path: config_path.to_path_buf(),
+            path: path.to_path_buf(),
             message: e.to_string(),
         };
-        match model_type.as_str() {
-            "llava" => {
-                let cfg: LlavaConfig = serde_json::from_value(json).map_err(invalid)?;
-                let model = Llava::new(&cfg, vb).map_err(|e| match e {
-                    vlm_core::Error::Candle(c) => Error::Weights(c.to_string()),
-                    other => Error::Model(other),
-                })?;
-                Ok(Self::Llava(model))
-            }
+        match model_type {
+            "llava" => Ok(Self::Llava(Box::new(
+                LlavaConfig::deserialize(json).map_err(invalid)?,
+            ))),
             other => Err(Error::UnsupportedArchitecture {
                 found: other.to_string(),
-                path: config_path.to_path_buf(),
+                path: path.to_path_buf(),
                 supported: SUPPORTED_MODEL_TYPES.join(", "),
             }),
+        }
+    }
+}
+
+impl Model {
+    /// Builds the model for `config` from `vb`; weight problems become [`Error::Weights`].
+    pub(crate) fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let weights = |e: vlm_core::Error| match e {
+            vlm_core::Error::Candle(c) => Error::Weights(c.to_string()),
+            other => Error::Model(other),
+        };
+        match config {
+            ModelConfig::Llava(cfg) => Ok(Self::Llava(Llava::new(cfg, vb).map_err(weights)?)),
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
+use vlm_core::nn::KvCache;
 use vlm_preprocess::image::RgbImage;
 use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig};
 use vlm_prompt::{
@@ -14,8 +15,8 @@ use vlm_prompt::{
 };
 
 use crate::generate::{GenerateParams, Generation, Generator, TokenEvent};
-use crate::model::Model;
-use crate::source::{Fetcher, ModelSource};
+use crate::model::{Model, ModelConfig};
+use crate::source::{read_json, Fetcher, ModelSource};
 use crate::{weights, Error, Result};
 
 /// Files fetched besides config and weights when they exist (for a Hub source; a local folder
@@ -117,13 +118,16 @@ impl Vlm {
             .map(Path::to_path_buf)
             .unwrap_or_default();
 
+        // Parsed once: the architecture is checked before any weight file is opened.
+        let config = read_json(&config_path)?;
+        let model_config = ModelConfig::parse(&config, &config_path)?;
         let dtype = match options.dtype {
             Some(d) => d,
             None if options.device.is_cpu() => DType::F32,
-            None => checkpoint_dtype(&config_path).unwrap_or(DType::BF16),
+            None => checkpoint_dtype(&config).unwrap_or(DType::BF16),
         };
         let vb = weights::var_builder(&weight_files, dtype, &options.device)?;
-        let model = Model::load(&config_path, vb)?;
+        let model = Model::new(&model_config, vb)?;
 
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         let special_tokens = SpecialTokens::from_dir(&dir)?;
@@ -133,7 +137,7 @@ impl Vlm {
             Err(e) => return Err(e.into()),
         };
         let processor = ImageProcessor::from_config(&ImageProcessorConfig::from_dir(&dir)?)?;
-        let eos_ids = eos_token_ids(&dir, &config_path)?;
+        let eos_ids = eos_token_ids(&dir, &config)?;
         Ok(Self {
             model,
             tokenizer,
@@ -265,10 +269,19 @@ impl Vlm {
         let embeds = self.embed(prepared)?;
         let decoder = self.model.decoder();
         let mut cache = decoder.new_cache();
-        let n = prepared.input_ids.len() as u32;
-        let positions = Tensor::arange(0u32, n, &self.device)?.unsqueeze(0)?;
-        let hidden = decoder.forward_embeds(&embeds, &positions, &mut cache)?;
+        let hidden = self.prefill(&embeds, &mut cache)?;
         Ok(decoder.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Runs prompt embeddings `(1, s, h)` at positions `0..s` into an empty `cache` and returns
+    /// the final hidden states.
+    pub(crate) fn prefill(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let n = embeds.dim(1)? as u32;
+        let positions = Tensor::arange(0u32, n, &self.device)?.unsqueeze(0)?;
+        Ok(self
+            .model
+            .decoder()
+            .forward_embeds(embeds, &positions, cache)?)
     }
 
     /// Generates an answer, calling `on_token` for every new token (return `false` to stop).
@@ -298,12 +311,10 @@ impl Vlm {
     }
 }
 
-fn checkpoint_dtype(config_path: &Path) -> Option<DType> {
-    let text = std::fs::read_to_string(config_path).ok()?;
-    let json: Value = serde_json::from_str(&text).ok()?;
-    let name = json
+fn checkpoint_dtype(config: &Value) -> Option<DType> {
+    let name = config
         .get("dtype")
-        .or_else(|| json.get("torch_dtype"))
+        .or_else(|| config.get("torch_dtype"))
         .and_then(Value::as_str)?;
     match name {
         "float32" => Some(DType::F32),
@@ -327,21 +338,15 @@ fn ids_of(value: Option<&Value>) -> Vec<u32> {
 
 /// EOS ids: `generation_config.json` first (what `generate` uses), then `config.json` and its
 /// `text_config`; duplicates removed, order kept.
-fn eos_token_ids(dir: &Path, config_path: &Path) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
+fn eos_token_ids(dir: &Path, config: &Value) -> Result<Vec<u32>> {
     let gen = dir.join("generation_config.json");
-    for path in [gen.as_path(), config_path] {
-        if !path.is_file() {
-            continue;
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+    let gen = if gen.is_file() {
+        Some(read_json(&gen)?)
+    } else {
+        None
+    };
+    let mut ids = Vec::new();
+    for json in gen.iter().chain(std::iter::once(config)) {
         ids.extend(ids_of(json.get("eos_token_id")));
         ids.extend(ids_of(
             json.get("text_config").and_then(|t| t.get("eos_token_id")),

@@ -143,10 +143,16 @@ pub(crate) fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> 
         .collect();
     // Top-k, then top-p, over the sorted candidates (transformers' TopK then TopP warpers).
     let k = params.top_k.filter(|&k| k > 0).unwrap_or(scaled.len());
-    let mut cand = top_k_pairs(&scaled, k);
+    let top_p = params.top_p.filter(|&p| p < 1.0);
+    // Sorting the whole vocabulary every token is only needed when a filter will cut it.
+    let mut cand = if k < scaled.len() || top_p.is_some() {
+        top_k_pairs(&scaled, k)
+    } else {
+        (0u32..).zip(scaled.iter().copied()).collect()
+    };
     let lp = log_softmax(&cand.iter().map(|c| c.1).collect::<Vec<_>>());
     let mut probs: Vec<f64> = lp.iter().map(|&l| (l as f64).exp()).collect();
-    if let Some(p) = params.top_p.filter(|&p| p < 1.0) {
+    if let Some(p) = top_p {
         // Keep tokens until the cumulative probability reaches p; always keep the best one.
         let mut cum = 0.0;
         let mut keep = 0;

@@ -147,3 +147,15 @@ impl Fetcher {
         })
     }
 }
+
+/// Reads and parses a JSON file, naming the file in any error.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}

@@ -8,22 +8,14 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use crate::source::Fetcher;
+use crate::source::{read_json, Fetcher};
 use crate::{Error, Result};
 
 /// Finds the weight files: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`.
 pub(crate) fn weight_files(fetcher: &Fetcher) -> Result<Vec<PathBuf>> {
     if let Some(index) = fetcher.get("model.safetensors.index.json")? {
-        let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
-            path: index.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::InvalidJson {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
+        let json = read_json(&index)?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

@@ -44,9 +44,10 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Loads `{prefix}.weight` and `{prefix}.bias` of size `dim`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        // Kept in f32, the dtype the norm computes in, so no conversion happens per call.
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
             eps,
         })
     }
@@ -60,9 +61,7 @@ impl Module for LayerNorm {
         let x = x.broadcast_sub(&mean)?;
         let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
         let x = x.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        let x = x
-            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
-            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?;
+        let x = x.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?;
         x.to_dtype(dtype)
     }
 }

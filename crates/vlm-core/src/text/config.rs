@@ -262,17 +262,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_rope_type_is_named() {
+    fn unknown_rope_type_is_named() -> Result<()> {
         let cfg = serde_json::json!({"model_type": "qwen2", "rope_scaling": {"type": "yarn", "factor": 4.0}});
-        let cfg: TextConfig = match serde_json::from_value(cfg) {
-            Ok(c) => c,
-            Err(e) => panic!("config should parse: {e}"),
-        };
-        let err = cfg
-            .resolve()
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("yarn") && err.contains("llama3"), "{err}");
+        let cfg: TextConfig =
+            serde_json::from_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
+        match cfg.resolve() {
+            Ok(_) => Err(Error::Config("a yarn rope config must be refused".into())),
+            Err(e) => {
+                let err = e.to_string();
+                assert!(err.contains("yarn") && err.contains("llama3"), "{err}");
+                Ok(())
+            }
+        }
     }
 }
