@@ -97,6 +97,45 @@ impl RotaryEmbedding {
         Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
     }
 
+    /// Multimodal RoPE (Qwen2-VL's M-RoPE): `positions` of shape `(3, batch, seq)` hold the
+    /// temporal, height and width position of every token, and `sections` (`mrope_section`,
+    /// summing to `head_dim / 2`) say how many consecutive frequencies each of the three axes
+    /// drives. Returns `cos`/`sin` of shape `(batch, seq, head_dim / 2)` like [`Self::cos_sin`],
+    /// so [`Self::apply`] is unchanged.
+    pub fn cos_sin_multimodal(
+        &self,
+        positions: &Tensor,
+        sections: &[usize; 3],
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let (axes, _, _) = positions.dims3()?;
+        let half = self.inv_freq.dim(0)?;
+        if axes != 3 || sections.iter().sum::<usize>() != half {
+            candle_core::bail!(
+                "multimodal rope: expected positions (3, batch, seq) and sections summing to \
+                 {half}, got {axes} position rows and sections {sections:?}"
+            );
+        }
+        let mut cos = Vec::with_capacity(3);
+        let mut sin = Vec::with_capacity(3);
+        let mut start = 0;
+        for (axis, &len) in sections.iter().enumerate() {
+            let pos = positions
+                .get(axis)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(D::Minus1)?;
+            let freq = self.inv_freq.narrow(0, start, len)?.reshape((1, 1, len))?;
+            let angles = pos.broadcast_mul(&freq)?;
+            cos.push(angles.cos()?);
+            sin.push(angles.sin()?);
+            start += len;
+        }
+        Ok((
+            Tensor::cat(&cos, D::Minus1)?.to_dtype(dtype)?,
+            Tensor::cat(&sin, D::Minus1)?.to_dtype(dtype)?,
+        ))
+    }
+
     /// Rotates `xs` of shape `(batch, heads, seq, head_dim)` by the angles in `cos`/`sin`.
     pub fn apply(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         candle_nn::rotary_emb::rope(&xs.contiguous()?, cos, sin)

@@ -25,6 +25,10 @@ pub enum TextConfig {
     /// Qwen2 (`qwen2`): bias on the q/k/v projections.
     #[serde(rename = "qwen2")]
     Qwen2(RawTextConfig<Qwen2Defaults>),
+    /// The Qwen2 decoder of Qwen2-VL / Qwen2.5-VL (`qwen2_vl_text`, `qwen2_5_vl_text`), with
+    /// multimodal RoPE.
+    #[serde(rename = "qwen2_vl_text", alias = "qwen2_5_vl_text")]
+    Qwen2Vl(RawTextConfig<Qwen2VlDefaults>),
 }
 
 /// Per-family defaults, matching transformers' config classes.
@@ -37,6 +41,8 @@ pub trait Defaults {
     const RMS_EPS: f64;
     /// `max_position_embeddings`.
     const MAX_POS: usize;
+    /// `rope_theta` when the config names none.
+    const ROPE_THETA: f64 = 10000.0;
 }
 
 /// Llama defaults (`LlamaConfig()`).
@@ -67,6 +73,17 @@ impl Defaults for Qwen2Defaults {
     const KV_HEADS: Option<usize> = Some(32);
     const RMS_EPS: f64 = 1e-6;
     const MAX_POS: usize = 32768;
+}
+
+/// Qwen2-VL text defaults (`Qwen2VLTextConfig()`, same as `Qwen2_5_VLTextConfig()`).
+#[derive(Debug, Clone, Copy)]
+pub struct Qwen2VlDefaults;
+impl Defaults for Qwen2VlDefaults {
+    const SIZES: [usize; 5] = [152064, 8192, 29568, 80, 64];
+    const KV_HEADS: Option<usize> = Some(8);
+    const RMS_EPS: f64 = 1e-5;
+    const MAX_POS: usize = 32768;
+    const ROPE_THETA: f64 = 1_000_000.0;
 }
 
 /// The keys a decoder config may carry; missing ones take the family's defaults.
@@ -126,6 +143,9 @@ pub struct DecoderConfig {
     pub qkv_bias: bool,
     /// Bias on the output projection (Llama's `attention_bias`).
     pub o_bias: bool,
+    /// Qwen2-VL's multimodal RoPE: how many frequencies the temporal, height and width
+    /// positions drive (`mrope_section`). `None`: ordinary 1-D RoPE.
+    pub mrope_section: Option<[usize; 3]>,
 }
 
 impl<D: Defaults> RawTextConfig<D> {
@@ -138,8 +158,8 @@ impl<D: Defaults> RawTextConfig<D> {
                 "text_config: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
             )));
         }
-        let (rope_theta, rope_scaling) = resolve_rope(
-            self.rope_theta,
+        let (rope_theta, rope_scaling, mrope_section) = resolve_rope(
+            self.rope_theta.unwrap_or(D::ROPE_THETA),
             self.rope_scaling.as_ref(),
             self.rope_parameters.as_ref(),
         )?;
@@ -160,36 +180,60 @@ impl<D: Defaults> RawTextConfig<D> {
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: qwen2 || attention_bias,
             o_bias: !qwen2 && attention_bias,
+            mrope_section,
         })
     }
 }
 
 /// Reads RoPE settings from either dialect: `rope_parameters` (transformers 5, holds
 /// `rope_theta` itself) or `rope_theta` + `rope_scaling` (older; `type` or `rope_type`).
+///
+/// Also returns `mrope_section` when present: Qwen2-VL's published configs say
+/// `{"type": "mrope", "mrope_section": [..]}`, transformers 5 writes `rope_type: "default"` with
+/// the same `mrope_section` key; both are plain RoPE frequencies split over three axes.
 fn resolve_rope(
-    theta: Option<f64>,
+    theta: f64,
     scaling: Option<&Value>,
     parameters: Option<&Value>,
-) -> Result<(f64, RopeScaling)> {
+) -> Result<(f64, RopeScaling, Option<[usize; 3]>)> {
     let params = parameters.or(scaling).filter(|v| !v.is_null());
     let Some(Value::Object(map)) = params else {
-        return Ok((theta.unwrap_or(10000.0), RopeScaling::Default));
+        return Ok((theta, RopeScaling::Default, None));
+    };
+    let mrope_section = match map.get("mrope_section") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value::<[usize; 3]>(v.clone()).map_err(|e| {
+                Error::Config(format!(
+                    "mrope_section: expected three integers (temporal, height, width), \
+                     found {v}: {e}"
+                ))
+            })?,
+        ),
     };
     let mut map = map.clone();
     let theta = map
         .get("rope_theta")
         .and_then(Value::as_f64)
-        .or(theta)
-        .unwrap_or(10000.0);
+        .unwrap_or(theta);
     if !map.contains_key("rope_type") {
         let ty = map.get("type").cloned().unwrap_or(Value::from("default"));
         map.insert("rope_type".into(), ty);
     }
-    let kind = map
+    let mut kind = map
         .get("rope_type")
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
+    if kind == "mrope" {
+        if mrope_section.is_none() {
+            return Err(Error::Config(
+                "rope type `mrope` needs `mrope_section` (three integers)".into(),
+            ));
+        }
+        kind = "default".into();
+        map.insert("rope_type".into(), Value::from("default"));
+    }
     // Drop keys that belong to other scalings or to the theta itself.
     let keep: &[&str] = match kind.as_str() {
         "default" => &["rope_type"],
@@ -210,7 +254,7 @@ fn resolve_rope(
     map.retain(|k, _| keep.contains(&k.as_str()));
     let scaling: RopeScaling = serde_json::from_value(Value::Object(map))
         .map_err(|e| Error::Config(format!("rope scaling `{kind}`: {e}")))?;
-    Ok((theta, scaling))
+    Ok((theta, scaling, mrope_section))
 }
 
 impl TextConfig {
@@ -220,15 +264,17 @@ impl TextConfig {
             Self::Llama(c) => c.resolve(false),
             Self::Mistral(c) => c.resolve(false),
             Self::Qwen2(c) => c.resolve(true),
+            Self::Qwen2Vl(c) => c.resolve(true),
         }
     }
 
-    /// The family name (`llama`, `mistral`, `qwen2`).
+    /// The family name (`llama`, `mistral`, `qwen2`, `qwen2_vl_text`).
     pub fn model_type(&self) -> &'static str {
         match self {
             Self::Llama(_) => "llama",
             Self::Mistral(_) => "mistral",
             Self::Qwen2(_) => "qwen2",
+            Self::Qwen2Vl(_) => "qwen2_vl_text",
         }
     }
 }

@@ -180,8 +180,15 @@ impl Decoder {
             .reshape((b, s, self.cfg.hidden_size))
     }
 
-    /// Runs the layers over `embeds` `(b, s, hidden)` at `positions` `(b, s)`, appending to
-    /// `cache`, and returns the final normed hidden states `(b, s, hidden)`.
+    /// Runs the layers over `embeds` `(b, s, hidden)`, appending to `cache`, and returns the
+    /// final normed hidden states `(b, s, hidden)`.
+    ///
+    /// `positions` are the rotary positions: `(b, s)` for 1-D RoPE, where they also define the
+    /// causal mask (a key is visible when its position is not after the query's), or
+    /// `(3, b, s)` temporal/height/width positions for a multimodal-RoPE decoder
+    /// (`mrope_section` in the config). M-RoPE positions are not monotonic over the sequence
+    /// (an image's tokens share rows and columns), so the mask then follows the order of the
+    /// tokens in the cache instead, as the reference does.
     pub fn forward_embeds(
         &self,
         embeds: &Tensor,
@@ -189,9 +196,29 @@ impl Decoder {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let dtype = embeds.dtype();
-        let key_positions = cache.extend_positions(positions)?;
-        let mask = causal_mask_from_positions(positions, &key_positions, dtype)?;
-        let (cos, sin) = self.rope.cos_sin(positions, dtype)?;
+        let (b, s, _) = embeds.dims3()?;
+        let (mask_positions, (cos, sin)) = match (positions.rank(), self.cfg.mrope_section) {
+            (2, None) => (positions.clone(), self.rope.cos_sin(positions, dtype)?),
+            (3, Some(sections)) => {
+                let start = cache.len() as u32;
+                let order = Tensor::arange(start, start + s as u32, embeds.device())?
+                    .unsqueeze(0)?
+                    .repeat((b, 1))?;
+                let cs = self.rope.cos_sin_multimodal(positions, &sections, dtype)?;
+                (order, cs)
+            }
+            (_, sections) => candle_core::bail!(
+                "decoder positions: expected {} but got a tensor of shape {:?}",
+                if sections.is_some() {
+                    "(3, batch, seq) multimodal positions"
+                } else {
+                    "(batch, seq) positions"
+                },
+                positions.dims()
+            ),
+        };
+        let key_positions = cache.extend_positions(&mask_positions)?;
+        let mask = causal_mask_from_positions(&mask_positions, &key_positions, dtype)?;
         let mut xs = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let Some(lc) = cache.layer_mut(i) else {
