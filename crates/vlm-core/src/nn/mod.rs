@@ -7,6 +7,7 @@ mod kv_cache;
 mod linear;
 mod norm;
 mod rope;
+mod varlen;
 
 pub use activation::Activation;
 pub use attention::{attention, causal_mask_from_positions, repeat_kv};
@@ -14,3 +15,4 @@ pub use kv_cache::{KvCache, LayerCache};
 pub use linear::Linear;
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{RopeScaling, RotaryEmbedding};
+pub use varlen::{varlen_attention, VarlenPlan};

@@ -3,11 +3,16 @@
 mod clip;
 mod config;
 mod encoder;
+mod qwen2vl;
 mod siglip;
 
 pub use clip::{ClipVisionConfig, ClipVisionTower};
 pub use config::{ClipDefaults, SiglipDefaults, VitConfig, VitDefaults};
 pub use encoder::VitEncoder;
+pub use qwen2vl::{
+    Qwen25VlVisionConfig, Qwen2VlVisionConfig, QwenVisionConfig, QwenVisionTower,
+    VisionRopeParameters, VisionRopeType,
+};
 pub use siglip::{SiglipVisionConfig, SiglipVisionTower};
 
 use candle_core::{Result, Tensor};

@@ -1,0 +1,241 @@
+//! Block-diagonal ("variable-length") attention over a packed sequence of independent segments.
+//!
+//! Mirrors what transformers' vision towers do with `cu_seqlens` (e.g. the per-chunk loop of
+//! `VisionAttention` in `transformers/models/qwen2_vl/modeling_qwen2_vl.py`): every token
+//! attends only to the tokens of its own segment (one image frame, or one attention window).
+//!
+//! No `(N, N)` mask is ever built. A [`VarlenPlan`], made once per forward pass and shared by
+//! every layer, groups runs of consecutive equal-length segments (the frames of a video, the full
+//! windows of a window row) so that each run is one batched `(segments, heads, len, head_dim)`
+//! matmul.
+//!
+//! Segments are batched only where they already sit together. Gathering all segments of one
+//! length from across the sequence (two row gathers per layer) was measured on CPU and was about
+//! twice as slow as batching runs in place, and even batching runs gains nothing over one segment
+//! at a time there: candle's batched CPU matmul is a loop of GEMMs and the smaller score tensors
+//! stay in cache. Batching the runs is for GPUs, where each matmul is a kernel launch.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Above this many attention scores per matmul, a group is split (by segments, then by query
+/// rows) so that one large frame does not allocate gigabytes of f32 scores. Splitting rows is
+/// exact: the softmax is row-wise.
+const MAX_SCORES_PER_MATMUL: usize = 1 << 26;
+
+/// `count` consecutive segments of `len` tokens each, starting at token `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SegmentGroup {
+    start: usize,
+    count: usize,
+    len: usize,
+}
+
+/// The segments of a packed sequence, grouped for batched attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VarlenPlan {
+    total: usize,
+    groups: Vec<SegmentGroup>,
+}
+
+impl VarlenPlan {
+    /// Plans attention over consecutive segments of `seq_lens` tokens (zero lengths are skipped).
+    pub fn new(seq_lens: &[usize]) -> Self {
+        let mut groups: Vec<SegmentGroup> = Vec::new();
+        let mut offset = 0;
+        for &len in seq_lens.iter().filter(|&&l| l > 0) {
+            match groups.last_mut() {
+                Some(g) if g.len == len => g.count += 1,
+                _ => groups.push(SegmentGroup {
+                    start: offset,
+                    count: 1,
+                    len,
+                }),
+            }
+            offset += len;
+        }
+        Self {
+            total: offset,
+            groups,
+        }
+    }
+
+    /// Total number of tokens the plan covers.
+    pub fn total_len(&self) -> usize {
+        self.total
+    }
+
+    /// Number of batched attention calls per layer (before any memory-driven splitting).
+    pub fn num_batches(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// `softmax(q k^T * scale) v` within each segment of `plan`, the softmax in f32 as transformers'
+/// eager path does.
+///
+/// `q`, `k`, `v`: `(tokens, heads, head_dim)` in sequence order; returns the same shape.
+pub fn varlen_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &VarlenPlan,
+    scale: f64,
+) -> Result<Tensor> {
+    attention_in_segments(q, k, v, plan, scale, MAX_SCORES_PER_MATMUL)
+}
+
+/// [`varlen_attention`] with at most `budget` scores per matmul.
+fn attention_in_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    plan: &VarlenPlan,
+    scale: f64,
+    budget: usize,
+) -> Result<Tensor> {
+    let (n, heads, head_dim) = q.dims3()?;
+    if n != plan.total || k.dims3()? != (n, heads, head_dim) || v.dims3()? != (n, heads, head_dim) {
+        candle_core::bail!(
+            "varlen attention: the plan covers {} tokens but q/k/v have shapes {:?}/{:?}/{:?}",
+            plan.total,
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    // Row slices of a contiguous tensor stay contiguous, so each split below is one copy.
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let mut pieces = Vec::with_capacity(plan.groups.len());
+    for g in &plan.groups {
+        // Segments per matmul such that their scores stay within the budget (at least one).
+        let per_segment = heads * g.len * g.len;
+        let batch = (budget / per_segment.max(1)).clamp(1, g.count);
+        let mut done = 0;
+        while done < g.count {
+            let count = batch.min(g.count - done);
+            let start = g.start + done * g.len;
+            // (count * len, heads, d) -> (count, heads, len, d)
+            let split = |t: &Tensor| -> Result<Tensor> {
+                t.narrow(0, start, count * g.len)?
+                    .reshape((count, g.len, heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let out = attend_chunked(&split(&q)?, &split(&k)?, &split(&v)?, scale, budget)?;
+            pieces.push(
+                out.transpose(1, 2)?
+                    .reshape((count * g.len, heads, head_dim))?,
+            );
+            done += count;
+        }
+    }
+    match pieces.len() {
+        0 => Tensor::zeros((0, heads, head_dim), q.dtype(), q.device()),
+        1 => Ok(pieces.remove(0)),
+        _ => Tensor::cat(&pieces, 0),
+    }
+}
+
+/// Dense attention over `(b, h, s, d)`, splitting the query rows when the scores would exceed
+/// the budget.
+fn attend_chunked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize) -> Result<Tensor> {
+    let (b, h, s, _) = q.dims4()?;
+    let rows = (budget / (b * h * s).max(1)).max(1);
+    if rows >= s {
+        return attend(q, k, v, scale);
+    }
+    let mut chunks = Vec::with_capacity(s.div_ceil(rows));
+    let mut done = 0;
+    while done < s {
+        let r = rows.min(s - done);
+        chunks.push(attend(&q.narrow(2, done, r)?, k, v, scale)?);
+        done += r;
+    }
+    Tensor::cat(&chunks, 2)
+}
+
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    probs.matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Reference: full attention with an additive block-diagonal mask.
+    fn masked_reference(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize]) -> Result<Tensor> {
+        let n: usize = lens.iter().sum();
+        let mut seg = Vec::with_capacity(n);
+        for (i, &l) in lens.iter().enumerate() {
+            seg.extend(std::iter::repeat_n(i, l));
+        }
+        let mask: Vec<f32> = (0..n * n)
+            .map(|ij| {
+                if seg[ij / n] == seg[ij % n] {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, n, n), q.device())?;
+        let (q, k, v) = (
+            q.transpose(0, 1)?.contiguous()?,
+            k.transpose(0, 1)?.contiguous()?,
+            v.transpose(0, 1)?.contiguous()?,
+        );
+        let scores = (q.matmul(&k.t()?)? * 0.5)?.broadcast_add(&mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        probs.matmul(&v)?.transpose(0, 1)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn matches_block_diagonal_mask() -> Result<()> {
+        let dev = Device::Cpu;
+        // Runs that batch in place (3, 3), a zero length, and lengths that recur apart (5 ... 5).
+        for lens in [
+            vec![3usize, 3, 5, 0, 2, 5, 5, 1],
+            vec![4, 4, 4],
+            vec![7],
+            vec![2, 6, 2, 6],
+        ] {
+            let n: usize = lens.iter().sum();
+            let q = Tensor::randn(0f32, 1.0, (n, 2, 4), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (n, 2, 4), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (n, 2, 4), &dev)?;
+            let plan = VarlenPlan::new(&lens);
+            let want = masked_reference(&q, &k, &v, &lens)?;
+            let got = varlen_attention(&q, &k, &v, &plan, 0.5)?;
+            assert!(max_diff(&got, &want)? < 1e-5, "lens {lens:?}");
+            // A tiny score budget splits every run into single segments and query chunks.
+            let split = attention_in_segments(&q, &k, &v, &plan, 0.5, 2 * 9)?;
+            assert!(max_diff(&split, &want)? < 1e-5, "lens {lens:?}, split");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batches_runs_of_equal_lengths() {
+        assert_eq!(VarlenPlan::new(&[4, 4, 4]).num_batches(), 1);
+        assert_eq!(VarlenPlan::new(&[4, 4, 2]).num_batches(), 2);
+        let plan = VarlenPlan::new(&[4, 4, 0, 4, 2, 4]);
+        assert_eq!((plan.num_batches(), plan.total_len()), (3, 18));
+    }
+
+    #[test]
+    fn rejects_mismatched_lengths() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((5, 1, 2), DType::F32, &dev)?;
+        let plan = VarlenPlan::new(&[2, 2]);
+        assert!(varlen_attention(&q, &q, &q, &plan, 1.0).is_err());
+        Ok(())
+    }
+}
