@@ -118,6 +118,82 @@ pub enum PreprocessError {
         /// What was found (JSON text).
         found: String,
     },
+    /// An argument passed through the API is out of range.
+    #[error("{name}: expected {expected}, found {found}")]
+    InvalidArgument {
+        /// The argument (or pair of arguments).
+        name: &'static str,
+        /// What is accepted.
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// Qwen2-VL's `smart_resize` refuses images this elongated.
+    #[error("a {width}x{height} image has an aspect ratio of {ratio}, more than the limit of {limit} that Qwen2-VL's smart_resize accepts")]
+    AspectRatio {
+        /// Height in pixels.
+        height: u32,
+        /// Width in pixels.
+        width: u32,
+        /// `max(height, width) / min(height, width)`.
+        ratio: f64,
+        /// The limit (200).
+        limit: f64,
+    },
+    /// An image whose sides are not multiples of the patch grid (resizing was turned off).
+    #[error("a {width}x{height} image cannot be cut into patches: both sides must be multiples of patch_size * merge_size = {factor} (turn do_resize on)")]
+    NotPatchAligned {
+        /// Height in pixels.
+        height: u32,
+        /// Width in pixels.
+        width: u32,
+        /// `patch_size * merge_size`.
+        factor: u32,
+    },
+    /// A video with fewer frames than processing needs.
+    #[error("{origin}: a video needs at least {needed} frames, found {found}; process a single frame as an image")]
+    VideoTooShort {
+        /// Where the video came from.
+        origin: String,
+        /// Frames found.
+        found: usize,
+        /// Frames needed.
+        needed: usize,
+    },
+    /// A video frame whose size differs from the first frame's.
+    #[error("{origin}: frame {index} is {found_width}x{found_height}, but frame 0 is {width}x{height}; all frames of a video must have the same size")]
+    FrameSizeMismatch {
+        /// The frame's file, or the video it belongs to.
+        origin: String,
+        /// Index of the offending frame.
+        index: usize,
+        /// Width of frame 0.
+        width: u32,
+        /// Height of frame 0.
+        height: u32,
+        /// Width of the offending frame.
+        found_width: u32,
+        /// Height of the offending frame.
+        found_height: u32,
+    },
+    /// A video with more frames (or more pixels over all frames) than the configured limits.
+    #[error("{origin}: {what} exceeds the limit of {limit} (raise VideoLimits to accept it)")]
+    VideoTooLarge {
+        /// Where the video came from.
+        origin: String,
+        /// What was counted, e.g. "frame 2049" or "1,234,567 pixels over 40 frames".
+        what: String,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// Frame sampling cannot produce the requested frames (transformers raises here too).
+    #[error("cannot sample frames from a video of {total_frames} frames: {reason}")]
+    FrameSampling {
+        /// Frames in the video.
+        total_frames: usize,
+        /// What went wrong, with the values involved.
+        reason: String,
+    },
 }
 
 /// Shorthand for results of this crate.

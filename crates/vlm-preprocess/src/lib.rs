@@ -45,8 +45,10 @@ mod config;
 mod error;
 mod load;
 mod processor;
+pub mod qwen2vl;
 mod resize;
 mod transforms;
+mod video;
 
 pub use config::{
     Extent, ImageProcessorConfig, Resample, ResizeTarget, PREPROCESSOR_CONFIG_FILE,
@@ -65,6 +67,8 @@ pub use transforms::{
     center_crop, mean_background, pad_bottom_right, pad_to_square, shortest_edge_size,
     to_pixel_values, Normalize, PixelValues,
 };
+
+pub use video::{Video, VideoLimits};
 
 /// Re-export of the `image` crate, whose [`image::RgbImage`] is this crate's 8-bit image type.
 pub use image;
