@@ -24,6 +24,21 @@ pub struct CommonArgs {
     /// Image file; repeat for several images (they go before the prompt text).
     #[arg(long = "image")]
     pub images: Vec<PathBuf>,
+    /// A video, for models that take videos (Qwen2-VL): its frames as image files in order, or
+    /// one animated GIF.
+    #[arg(long = "video", num_args = 1..)]
+    pub video: Vec<PathBuf>,
+    /// Frame rate of the `--video` frames (Qwen2.5-VL spaces video positions by time; without
+    /// it the GIF's own timing, else transformers' default of 24, is used).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Native-resolution models: resize images to at least this many pixels.
+    #[arg(long)]
+    pub min_pixels: Option<u64>,
+    /// Native-resolution models: resize images to at most this many pixels (one image token per
+    /// 28 x 28 pixels for Qwen2-VL), so a huge photo cannot exhaust memory.
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -107,6 +122,8 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
     let options = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        min_pixels: args.min_pixels,
+        max_pixels: args.max_pixels,
         ..LoadOptions::default()
     };
     let source = ModelSource::parse(model, args.revision.as_deref());
@@ -116,7 +133,12 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
         .iter()
         .map(|p| vlm.load_image(p))
         .collect::<vlm::Result<Vec<_>>>()?;
-    let request = Request::new(prompt, images);
+    let videos = if args.video.is_empty() {
+        Vec::new()
+    } else {
+        vec![vlm.load_video(&args.video, args.fps)?]
+    };
+    let request = Request::with_videos(prompt, images, videos);
     let params = GenerateParams {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingParams {

@@ -162,7 +162,7 @@ def reinit_(model, seed, token_embed_std=1.0):
     ]
     for name, module in modules:
         cls = type(module).__name__
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
             w = module.weight
             if id(w) in seen:
                 continue

@@ -76,7 +76,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 }
 
 /// Parses an HF-style message list (`[{"role", "content": [{"type": "image"} | {"type":
-/// "text", "text"}]}]`).
+/// "video"} | {"type": "text", "text"}]}]`).
 pub fn messages(value: &Value) -> Result<Vec<vlm::Message>> {
     let mut out = Vec::new();
     for m in value.as_array().context("messages must be a list")? {
@@ -87,6 +87,7 @@ pub fn messages(value: &Value) -> Result<Vec<vlm::Message>> {
                 .iter()
                 .map(|p| match p["type"].as_str() {
                     Some("image") => Ok(vlm::ContentPart::Image),
+                    Some("video") => Ok(vlm::ContentPart::Video),
                     Some("text") => Ok(vlm::ContentPart::Text(
                         p["text"].as_str().context("text part")?.to_string(),
                     )),

@@ -187,6 +187,7 @@ fn image_and_placeholder_counts_must_match() -> Result<()> {
     let req = Request {
         messages: vec![Message::user_with_images(1, "Two?")],
         images: vec![img.clone(), img.clone()],
+        ..Request::default()
     };
     let e = err_text(vlm.prepare(&req));
     assert!(
@@ -197,6 +198,7 @@ fn image_and_placeholder_counts_must_match() -> Result<()> {
     let req = Request {
         messages: vec![Message::user_with_images(2, "Two?")],
         images: vec![img],
+        ..Request::default()
     };
     let e = err_text(vlm.prepare(&req));
     assert!(

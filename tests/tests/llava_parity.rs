@@ -33,6 +33,7 @@ fn request(vlm: &Vlm, case: &serde_json::Value) -> Result<Request> {
     Ok(Request {
         messages: messages(&case["messages"])?,
         images,
+        ..Request::default()
     })
 }
 

@@ -78,6 +78,21 @@ pub fn expand_image_tokens(ids: &[u32], image_token_id: u32, counts: &[usize]) -
     Ok(out)
 }
 
+/// [`expand_image_tokens`] for video markers (`<|video_pad|>`): the k-th marker becomes
+/// `counts[k]` copies; a count mismatch is a [`PromptError::VideoCountMismatch`].
+pub fn expand_video_tokens(ids: &[u32], video_token_id: u32, counts: &[usize]) -> Result<Vec<u32>> {
+    expand_image_tokens(ids, video_token_id, counts).map_err(|e| match e {
+        PromptError::ImageCountMismatch {
+            markers, images, ..
+        } => PromptError::VideoCountMismatch {
+            markers,
+            videos: images,
+            video_token_id,
+        },
+        other => other,
+    })
+}
+
 fn check_count(ids: &[u32], image_token_id: u32, images: usize) -> Result<()> {
     let markers = count_image_markers(ids, image_token_id);
     if markers == images {

@@ -136,6 +136,20 @@ pub enum PromptError {
         /// The id of the image marker token.
         image_token_id: u32,
     },
+
+    /// The number of video markers in a prompt differs from the number of videos.
+    #[error(
+        "video count mismatch: the prompt has {markers} video marker(s) (token id {video_token_id}) \
+         but {videos} video(s) were given"
+    )]
+    VideoCountMismatch {
+        /// Video marker tokens found in the prompt.
+        markers: usize,
+        /// Videos given.
+        videos: usize,
+        /// The id of the video marker token.
+        video_token_id: u32,
+    },
 }
 
 /// `Result` with [`PromptError`].

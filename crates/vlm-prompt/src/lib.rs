@@ -69,7 +69,8 @@ mod template;
 mod tokenizer;
 
 pub use chunks::{
-    count_image_markers, expand_image_tokens, split_chunks, split_chunks_checked, Chunk,
+    count_image_markers, expand_image_tokens, expand_video_tokens, split_chunks,
+    split_chunks_checked, Chunk,
 };
 pub use error::{PromptError, Result};
 pub use message::{ContentPart, Message};

@@ -5,14 +5,17 @@ use serde::{Serialize, Serializer};
 
 /// One part of a message's content.
 ///
-/// Serialized to the template as transformers does: `{"type": "image"}` and
-/// `{"type": "text", "text": "..."}`. The image itself is not part of the message; the k-th
-/// [`ContentPart::Image`] of a conversation refers to the k-th image given to the model.
+/// Serialized to the template as transformers does: `{"type": "image"}`, `{"type": "video"}`
+/// and `{"type": "text", "text": "..."}`. The media are not part of the message; the k-th
+/// [`ContentPart::Image`] of a conversation refers to the k-th image given to the model, and
+/// the k-th [`ContentPart::Video`] to the k-th video.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ContentPart {
     /// An image placeholder.
     Image,
+    /// A video placeholder (Qwen2-VL-style templates render it as the video marker).
+    Video,
     /// A piece of text.
     Text(String),
 }
@@ -23,6 +26,11 @@ impl Serialize for ContentPart {
             ContentPart::Image => {
                 let mut map = serializer.serialize_map(Some(1))?;
                 map.serialize_entry("type", "image")?;
+                map.end()
+            }
+            ContentPart::Video => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("type", "video")?;
                 map.end()
             }
             ContentPart::Text(text) => {
@@ -72,6 +80,25 @@ impl Message {
             content.push(ContentPart::Text(text));
         }
         Self::new("user", content)
+    }
+
+    /// A user message with `n_images` image placeholders, then `n_videos` video
+    /// placeholders, then `text` (an empty `text` adds no text part).
+    pub fn user_with_media(n_images: usize, n_videos: usize, text: impl Into<String>) -> Self {
+        let mut message = Self::user_with_images(n_images, text);
+        let at = n_images.min(message.content.len());
+        message
+            .content
+            .splice(at..at, std::iter::repeat_n(ContentPart::Video, n_videos));
+        message
+    }
+
+    /// The number of video placeholders in this message.
+    pub fn video_count(&self) -> usize {
+        self.content
+            .iter()
+            .filter(|part| matches!(part, ContentPart::Video))
+            .count()
     }
 
     /// The number of image placeholders in this message.

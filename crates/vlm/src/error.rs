@@ -70,6 +70,14 @@ pub enum Error {
         /// The preprocessing error.
         source: vlm_preprocess::PreprocessError,
     },
+    /// A video could not be decoded or preprocessed.
+    #[error("video {index}: {source}")]
+    Video {
+        /// Index of the video in the request.
+        index: usize,
+        /// The preprocessing error.
+        source: vlm_preprocess::PreprocessError,
+    },
     /// The image processor config is invalid.
     #[error(transparent)]
     Preprocess(#[from] vlm_preprocess::PreprocessError),

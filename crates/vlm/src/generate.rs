@@ -154,7 +154,7 @@ impl<'a> Generator<'a> {
         let t = Instant::now();
         let mut cache = decoder.new_cache();
         let n_prompt = prepared.input_ids.len();
-        let hidden = vlm.prefill(&embeds, &mut cache)?;
+        let (hidden, positions) = vlm.prefill(prepared, &embeds, &mut cache)?;
         let mut logits = self.last_logits(&hidden)?;
         timings.prefill = ms(t);
 
@@ -218,8 +218,8 @@ impl<'a> Generator<'a> {
             }
             let ids = Tensor::new(&[[token]], device)?;
             let emb = decoder.embed(&ids)?;
-            let positions = Tensor::new(&[[pos as u32]], device)?;
-            let hidden = decoder.forward_embeds(&emb, &positions, &mut cache)?;
+            let step = positions.step_tensor(pos, device)?;
+            let hidden = decoder.forward_embeds(&emb, &step, &mut cache)?;
             logits = self.last_logits(&hidden)?;
         }
         if finish == FinishReason::Length || finish == FinishReason::Cancelled {

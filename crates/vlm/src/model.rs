@@ -2,30 +2,34 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
-use vlm_core::models::{Llava, LlavaConfig};
+use vlm_core::models::qwen2vl::MropePositions;
+use vlm_core::models::{Llava, LlavaConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion};
 use vlm_core::text::Decoder;
 
-use crate::{Error, Result};
+use crate::{weights, Error, Result};
 
 /// The `model_type` values this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl"];
 
 /// A loaded vision-language model.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Model {
     /// `LlavaForConditionalGeneration` (CLIP or SigLIP tower; Llama, Mistral or Qwen2 decoder).
-    Llava(Llava),
+    Llava(Box<Llava>),
+    /// `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration`.
+    Qwen2Vl(Box<Qwen2Vl>),
 }
 
 /// A parsed `config.json`, one variant per supported architecture.
 #[derive(Debug, Clone)]
 pub(crate) enum ModelConfig {
     Llava(Box<LlavaConfig>),
+    Qwen2Vl(Box<Qwen2VlConfig>),
 }
 
 impl ModelConfig {
@@ -43,11 +47,28 @@ impl ModelConfig {
             "llava" => Ok(Self::Llava(Box::new(
                 LlavaConfig::deserialize(json).map_err(invalid)?,
             ))),
+            "qwen2_vl" | "qwen2_5_vl" => Ok(Self::Qwen2Vl(Box::new(
+                Qwen2VlConfig::from_json(json).map_err(|e| Error::InvalidJson {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?,
+            ))),
             other => Err(Error::UnsupportedArchitecture {
                 found: other.to_string(),
                 path: path.to_path_buf(),
                 supported: SUPPORTED_MODEL_TYPES.join(", "),
             }),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// How published checkpoints of this architecture name their weights, relative to the
+    /// transformers 5 names the model code reads.
+    pub(crate) fn layout(&self) -> &'static [weights::PrefixRule] {
+        match self {
+            Self::Llava(_) => weights::LLAVA_RULES,
+            Self::Qwen2Vl(_) => weights::QWEN2_VL_RULES,
         }
     }
 }
@@ -60,7 +81,12 @@ impl Model {
             other => Error::Model(other),
         };
         match config {
-            ModelConfig::Llava(cfg) => Ok(Self::Llava(Llava::new(cfg, vb).map_err(weights)?)),
+            ModelConfig::Llava(cfg) => {
+                Ok(Self::Llava(Box::new(Llava::new(cfg, vb).map_err(weights)?)))
+            }
+            ModelConfig::Qwen2Vl(cfg) => Ok(Self::Qwen2Vl(Box::new(
+                Qwen2Vl::new(cfg, vb).map_err(weights)?,
+            ))),
         }
     }
 
@@ -68,6 +94,7 @@ impl Model {
     pub fn decoder(&self) -> &Decoder {
         match self {
             Self::Llava(m) => m.decoder(),
+            Self::Qwen2Vl(m) => m.decoder(),
         }
     }
 
@@ -75,31 +102,135 @@ impl Model {
     pub fn image_token_id(&self) -> u32 {
         match self {
             Self::Llava(m) => m.image_token_id(),
+            Self::Qwen2Vl(m) => m.config().image_token_id,
         }
     }
 
-    /// Placeholder tokens one image expands to.
-    pub fn tokens_per_image(&self) -> usize {
+    /// Id of the video placeholder token, for models that take videos.
+    pub fn video_token_id(&self) -> Option<u32> {
         match self {
-            Self::Llava(m) => m.tokens_per_image(),
+            Self::Llava(_) => None,
+            Self::Qwen2Vl(m) => Some(m.config().video_token_id),
         }
     }
 
-    /// Projected image features `(n, tokens, hidden)` for pixel values `(n, 3, h, w)`.
-    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    /// A short architecture name (`llava`, `qwen2_vl`, `qwen2_5_vl`).
+    pub fn architecture(&self) -> &'static str {
         match self {
-            Self::Llava(m) => Ok(m.image_features(pixel_values)?),
+            Self::Llava(_) => "llava",
+            Self::Qwen2Vl(m) => match m.config().version {
+                QwenVlVersion::Qwen2Vl => "qwen2_vl",
+                QwenVlVersion::Qwen25Vl => "qwen2_5_vl",
+            },
         }
     }
 
-    /// Token embeddings of `ids` with `image_features` spliced in at the placeholders.
-    pub fn embed_with_images(
+    /// Feature rows per image for fixed-resolution models (LLaVA); `None` where the count
+    /// depends on the image (Qwen2-VL: the grid after `smart_resize`).
+    pub fn tokens_per_image(&self) -> Option<usize> {
+        match self {
+            Self::Llava(m) => Some(m.tokens_per_image()),
+            Self::Qwen2Vl(_) => None,
+        }
+    }
+
+    /// Projected image features `(rows, hidden)` of the prepared images, in placeholder order
+    /// (`None` without images).
+    pub fn image_features(
         &self,
-        ids: &[u32],
-        image_features: Option<&Tensor>,
-    ) -> Result<Tensor> {
+        prepared: &crate::Prepared,
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        let Some(px) = &prepared.pixel_values else {
+            return Ok(None);
+        };
+        let px = px.to_dtype(dtype)?;
+        Ok(Some(match self {
+            Self::Llava(m) => m.image_features(&px)?.flatten_to(1)?,
+            Self::Qwen2Vl(m) => m.vision_features(&px, &prepared.image_grids)?,
+        }))
+    }
+
+    /// Vision features `(rows, hidden)` of the prepared videos, in placeholder order (`None`
+    /// without videos).
+    pub fn video_features(
+        &self,
+        prepared: &crate::Prepared,
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        let Some(px) = &prepared.video_pixel_values else {
+            return Ok(None);
+        };
         match self {
-            Self::Llava(m) => Ok(m.embed_with_images(ids, image_features)?),
+            Self::Llava(_) => Err(Error::InvalidOption("this model takes no videos".into())),
+            Self::Qwen2Vl(m) => Ok(Some(
+                m.vision_features(&px.to_dtype(dtype)?, &prepared.video_grids)?,
+            )),
         }
+    }
+
+    /// Input embeddings `(1, s, hidden)` of a prepared request, media features spliced in.
+    pub(crate) fn embed(&self, prepared: &crate::Prepared, dtype: DType) -> Result<Tensor> {
+        if let Self::Qwen2Vl(_) = self {
+            // Checks every placeholder run against its grid before the vision tower runs.
+            self.prompt_positions(prepared)?;
+        }
+        let images = self.image_features(prepared, dtype)?;
+        let videos = self.video_features(prepared, dtype)?;
+        let ids = &prepared.input_ids;
+        Ok(match self {
+            Self::Llava(m) => {
+                let images = match images {
+                    Some(f) => Some(f.unsqueeze(0)?),
+                    None => None,
+                };
+                m.embed_with_images(ids, images.as_ref())?
+            }
+            Self::Qwen2Vl(m) => m.embed_with_media(ids, images.as_ref(), videos.as_ref())?,
+        })
+    }
+
+    /// Rotary positions of a prompt and the offset later tokens carry (`delta`): a token at
+    /// sequence index `i` past the prompt sits at `i + delta`.
+    pub(crate) fn prompt_positions(&self, prepared: &crate::Prepared) -> Result<Positions> {
+        match self {
+            Self::Llava(_) => Ok(Positions::Sequential),
+            Self::Qwen2Vl(m) => Ok(Positions::Multimodal(m.rope_index(
+                &prepared.input_ids,
+                &prepared.image_grids,
+                &prepared.video_grids,
+                &prepared.video_seconds_per_grid,
+            )?)),
+        }
+    }
+}
+
+/// How a prompt's tokens are placed for the rotary embedding.
+#[derive(Debug, Clone)]
+pub(crate) enum Positions {
+    /// `0..len` (1-D RoPE).
+    Sequential,
+    /// Qwen2-VL's 3-D positions.
+    Multimodal(MropePositions),
+}
+
+impl Positions {
+    /// The prompt's position tensor: `(1, len)` or `(3, 1, len)`.
+    pub(crate) fn prompt_tensor(&self, len: usize, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Self::Sequential => Tensor::arange(0u32, len as u32, device)?.unsqueeze(0)?,
+            Self::Multimodal(p) => Tensor::from_vec(p.flat(), (3, 1, p.len()), device)?,
+        })
+    }
+
+    /// Positions of the single token at sequence index `index` (past the prompt).
+    pub(crate) fn step_tensor(&self, index: usize, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Self::Sequential => Tensor::new(&[[index as u32]], device)?,
+            Self::Multimodal(p) => {
+                let at = index as i64 + p.delta;
+                Tensor::new(&[[[at]], [[at]], [[at]]], device)?
+            }
+        })
     }
 }

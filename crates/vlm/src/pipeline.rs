@@ -8,14 +8,15 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::KvCache;
 use vlm_preprocess::image::RgbImage;
-use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig};
+use vlm_preprocess::qwen2vl::{Qwen2VlImageProcessor, Qwen2VlVideoProcessor};
+use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Video, VideoLimits};
 use vlm_prompt::{
-    expand_image_tokens, ChatTemplate, ChatTemplates, Message, SpecialTokens, TemplateContext,
-    Tokenizer,
+    expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates, Message, SpecialTokens,
+    TemplateContext, Tokenizer,
 };
 
 use crate::generate::{GenerateParams, Generation, Generator, TokenEvent};
-use crate::model::{Model, ModelConfig};
+use crate::model::{Model, ModelConfig, Positions};
 use crate::source::{read_json, Fetcher, ModelSource};
 use crate::{weights, Error, Result};
 
@@ -27,6 +28,7 @@ const OPTIONAL_FILES: &[&str] = &[
     "chat_template.jinja",
     "chat_template.json",
     "preprocessor_config.json",
+    "video_preprocessor_config.json",
     "processor_config.json",
     "generation_config.json",
 ];
@@ -41,6 +43,17 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Largest image (in pixels, from its header) that will be decoded.
     pub image_limits: DecodeLimits,
+    /// Native-resolution models (Qwen2-VL): the fewest pixels an image is resized to
+    /// (`min_pixels`); `None` keeps the checkpoint's setting.
+    pub min_pixels: Option<u64>,
+    /// Native-resolution models: the most pixels an image is resized to (`max_pixels`), which
+    /// bounds its token count (one token per 28 x 28 pixels); `None` keeps the checkpoint's.
+    pub max_pixels: Option<u64>,
+    /// Native-resolution models: the pixel bounds of each video frame (`None`: the
+    /// checkpoint's video processor settings).
+    pub video_min_pixels: Option<u64>,
+    /// See [`LoadOptions::video_min_pixels`].
+    pub video_max_pixels: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -49,39 +62,78 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             image_limits: DecodeLimits::default(),
+            min_pixels: None,
+            max_pixels: None,
+            video_min_pixels: None,
+            video_max_pixels: None,
         }
     }
 }
 
-/// A conversation and its images, in the order their placeholders appear.
+/// A conversation and its media, in the order their placeholders appear.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    /// The chat messages (text and image parts).
+    /// The chat messages (text, image and video parts).
     pub messages: Vec<Message>,
     /// Decoded images, one per image part, in order.
     pub images: Vec<RgbImage>,
+    /// Videos, one per video part, in order (models that take videos only).
+    pub videos: Vec<Video>,
 }
 
 impl Request {
     /// One user turn: the images first, then `prompt` (how a plain prompt with N images is laid
     /// out).
     pub fn new(prompt: impl Into<String>, images: Vec<RgbImage>) -> Self {
+        Self::with_videos(prompt, images, Vec::new())
+    }
+
+    /// One user turn: the images, then the videos, then `prompt`.
+    pub fn with_videos(
+        prompt: impl Into<String>,
+        images: Vec<RgbImage>,
+        videos: Vec<Video>,
+    ) -> Self {
         Self {
-            messages: vec![Message::user_with_images(images.len(), prompt)],
+            messages: vec![Message::user_with_media(images.len(), videos.len(), prompt)],
             images,
+            videos,
         }
     }
 }
 
 /// Model inputs after templating, tokenization and preprocessing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     /// The rendered prompt text.
     pub prompt: String,
-    /// Token ids with every image placeholder expanded to its feature count.
+    /// Token ids with every image and video placeholder expanded to its feature count.
     pub input_ids: Vec<u32>,
-    /// Pixel values `(n_images, 3, h, w)`, or `None` for a text-only prompt.
+    /// Image pixels, or `None` without images: `(n_images, 3, h, w)` for fixed-resolution
+    /// models (LLaVA), flattened patches `(patches, 3 * t * p * p)` of all images for
+    /// native-resolution ones (Qwen2-VL).
     pub pixel_values: Option<Tensor>,
+    /// Native-resolution models: the `(t, h, w)` patch grid of each image.
+    pub image_grids: Vec<[usize; 3]>,
+    /// Flattened patches of all videos (native-resolution models), or `None`.
+    pub video_pixel_values: Option<Tensor>,
+    /// The `(t, h, w)` patch grid of each video.
+    pub video_grids: Vec<[usize; 3]>,
+    /// Seconds per temporal patch of each video (`temporal_patch_size / fps`; Qwen2.5-VL
+    /// spaces video positions by it).
+    pub video_seconds_per_grid: Vec<Option<f32>>,
+}
+
+/// The image and video preprocessing of a checkpoint.
+#[derive(Debug, Clone)]
+enum Processor {
+    /// Fixed-resolution models (LLaVA): one pixel tensor per image.
+    Fixed(ImageProcessor),
+    /// Qwen2-VL: images and videos to flattened patches and grids.
+    Qwen {
+        image: Qwen2VlImageProcessor,
+        video: Qwen2VlVideoProcessor,
+    },
 }
 
 /// A loaded vision-language model, ready to answer requests. Stateless between calls: every
@@ -92,7 +144,7 @@ pub struct Vlm {
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     special_tokens: SpecialTokens,
-    processor: ImageProcessor,
+    processor: Processor,
     eos_ids: Vec<u32>,
     device: Device,
     dtype: DType,
@@ -126,7 +178,8 @@ impl Vlm {
             None if options.device.is_cpu() => DType::F32,
             None => checkpoint_dtype(&config).unwrap_or(DType::BF16),
         };
-        let vb = weights::var_builder(&weight_files, dtype, &options.device)?;
+        let vb =
+            weights::var_builder(&weight_files, model_config.layout(), dtype, &options.device)?;
         let model = Model::new(&model_config, vb)?;
 
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
@@ -136,7 +189,7 @@ impl Vlm {
             Err(vlm_prompt::PromptError::NoChatTemplate { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let processor = ImageProcessor::from_config(&ImageProcessorConfig::from_dir(&dir)?)?;
+        let processor = load_processor(&model, &dir, options)?;
         let eos_ids = eos_token_ids(&dir, &config)?;
         Ok(Self {
             model,
@@ -163,9 +216,21 @@ impl Vlm {
         &self.tokenizer
     }
 
-    /// The image processor.
-    pub fn processor(&self) -> &ImageProcessor {
-        &self.processor
+    /// The image processor of a fixed-resolution model (LLaVA); `None` for native-resolution
+    /// models, see [`Vlm::qwen_processors`].
+    pub fn processor(&self) -> Option<&ImageProcessor> {
+        match &self.processor {
+            Processor::Fixed(p) => Some(p),
+            Processor::Qwen { .. } => None,
+        }
+    }
+
+    /// The image and video processors of a Qwen2-VL-family model.
+    pub fn qwen_processors(&self) -> Option<(&Qwen2VlImageProcessor, &Qwen2VlVideoProcessor)> {
+        match &self.processor {
+            Processor::Fixed(_) => None,
+            Processor::Qwen { image, video } => Some((image, video)),
+        }
     }
 
     /// Token ids that end generation (from `generation_config.json` and `config.json`).
@@ -196,6 +261,36 @@ impl Vlm {
         )?)
     }
 
+    /// Loads a video: one animated GIF, or its frames as image files in display order. `fps`
+    /// overrides the GIF's timing; for frame files it is the only source (transformers assumes
+    /// 24 when it is unknown). Decoding is bounded per frame by this model's image limits.
+    pub fn load_video(&self, paths: &[impl AsRef<Path>], fps: Option<f64>) -> Result<Video> {
+        let limits = VideoLimits {
+            frame: self.image_limits,
+            ..VideoLimits::default()
+        };
+        let is_gif = |p: &Path| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("gif"))
+        };
+        let mut video = match paths {
+            [] => {
+                return Err(Error::InvalidOption(
+                    "a video needs at least one file (frames or a GIF)".into(),
+                ))
+            }
+            [one] if is_gif(one.as_ref()) => Video::from_gif_with_limits(one.as_ref(), &limits)
+                .map_err(|source| Error::Video { index: 0, source })?,
+            many => Video::from_frame_files_with_limits(many, fps, &limits)
+                .map_err(|source| Error::Video { index: 0, source })?,
+        };
+        if fps.is_some() {
+            video.fps = fps;
+        }
+        Ok(video)
+    }
+
     /// Renders `messages` with the chat template (with the assistant header appended).
     pub fn render(&self, messages: &[Message]) -> Result<String> {
         let Some(template) = &self.template else {
@@ -211,11 +306,16 @@ impl Vlm {
     /// Templating, tokenization, image-token expansion and image preprocessing.
     pub fn prepare(&self, request: &Request) -> Result<Prepared> {
         let prompt = self.render(&request.messages)?;
-        self.prepare_prompt(prompt, &request.images)
+        self.prepare_prompt(prompt, &request.images, &request.videos)
     }
 
-    /// Like [`Vlm::prepare`] for an already-rendered prompt that contains the image markers.
-    pub fn prepare_prompt(&self, prompt: String, images: &[RgbImage]) -> Result<Prepared> {
+    /// Like [`Vlm::prepare`] for an already-rendered prompt that contains the media markers.
+    pub fn prepare_prompt(
+        &self,
+        prompt: String,
+        images: &[RgbImage],
+        videos: &[Video],
+    ) -> Result<Prepared> {
         // transformers' processor skips the tokenizer's own special tokens when the template
         // already starts with BOS, so BOS is never doubled.
         let starts_with_bos = self
@@ -224,8 +324,87 @@ impl Vlm {
             .as_deref()
             .is_some_and(|b| prompt.starts_with(b));
         let ids = self.tokenizer.encode(&prompt, !starts_with_bos)?;
-        let counts = vec![self.model.tokens_per_image(); images.len()];
-        let input_ids = expand_image_tokens(&ids, self.model.image_token_id(), &counts)?;
+        let image_token = self.model.image_token_id();
+        let mut prepared = Prepared {
+            prompt,
+            ..Prepared::default()
+        };
+        let input_ids = match &self.processor {
+            Processor::Fixed(processor) => {
+                if !videos.is_empty() {
+                    return Err(Error::InvalidOption(format!(
+                        "{} does not take videos ({} given)",
+                        self.model.architecture(),
+                        videos.len()
+                    )));
+                }
+                let per_image = self.model.tokens_per_image().unwrap_or(0);
+                let input_ids =
+                    expand_image_tokens(&ids, image_token, &vec![per_image; images.len()])?;
+                if !images.is_empty() {
+                    let mut rows = Vec::with_capacity(images.len());
+                    for (index, image) in images.iter().enumerate() {
+                        let px = processor
+                            .process(image)
+                            .map_err(|source| Error::Image { index, source })?;
+                        let [c, h, w] = px.shape;
+                        rows.push(Tensor::from_vec(px.data, (c, h, w), &self.device)?);
+                    }
+                    prepared.pixel_values = Some(Tensor::stack(&rows, 0)?);
+                }
+                input_ids
+            }
+            Processor::Qwen { image, video } => {
+                let merge = image.merge_size().pow(2).max(1);
+                let mut data = Vec::new();
+                let mut patch_dim = 0;
+                for (index, img) in images.iter().enumerate() {
+                    let p = image
+                        .process(img)
+                        .map_err(|source| Error::Image { index, source })?;
+                    patch_dim = p.patch_dim;
+                    prepared.image_grids.push(p.grid_thw);
+                    data.extend_from_slice(&p.data);
+                }
+                if !images.is_empty() {
+                    let rows = data.len() / patch_dim.max(1);
+                    prepared.pixel_values =
+                        Some(Tensor::from_vec(data, (rows, patch_dim), &self.device)?);
+                }
+                let counts: Vec<usize> = prepared
+                    .image_grids
+                    .iter()
+                    .map(|g| g[0] * g[1] * g[2] / merge)
+                    .collect();
+                let ids = expand_image_tokens(&ids, image_token, &counts)?;
+
+                let mut data = Vec::new();
+                for (index, v) in videos.iter().enumerate() {
+                    let p = video
+                        .process(v)
+                        .map_err(|source| Error::Video { index, source })?;
+                    patch_dim = p.patches.patch_dim;
+                    prepared.video_grids.push(p.patches.grid_thw);
+                    // transformers stores `second_per_grid_ts` as a float32 tensor.
+                    prepared
+                        .video_seconds_per_grid
+                        .push(Some(p.second_per_grid_t as f32));
+                    data.extend_from_slice(&p.patches.data);
+                }
+                if !videos.is_empty() {
+                    let rows = data.len() / patch_dim.max(1);
+                    prepared.video_pixel_values =
+                        Some(Tensor::from_vec(data, (rows, patch_dim), &self.device)?);
+                }
+                let counts: Vec<usize> = prepared
+                    .video_grids
+                    .iter()
+                    .map(|g| g[0] * g[1] * g[2] / merge)
+                    .collect();
+                let video_token = self.model.video_token_id().unwrap_or(u32::MAX);
+                expand_video_tokens(&ids, video_token, &counts)?
+            }
+        };
         let context = self.model.decoder().config().max_position_embeddings;
         if input_ids.len() > context {
             return Err(Error::PromptTooLong {
@@ -233,35 +412,13 @@ impl Vlm {
                 context,
             });
         }
-        let pixel_values = if images.is_empty() {
-            None
-        } else {
-            let mut rows = Vec::with_capacity(images.len());
-            for (index, image) in images.iter().enumerate() {
-                let px = self
-                    .processor
-                    .process(image)
-                    .map_err(|source| Error::Image { index, source })?;
-                let [c, h, w] = px.shape;
-                rows.push(Tensor::from_vec(px.data, (c, h, w), &self.device)?);
-            }
-            Some(Tensor::stack(&rows, 0)?)
-        };
-        Ok(Prepared {
-            prompt,
-            input_ids,
-            pixel_values,
-        })
+        prepared.input_ids = input_ids;
+        Ok(prepared)
     }
 
     /// Input embeddings of a prepared request (runs the vision tower and projector).
     pub fn embed(&self, prepared: &Prepared) -> Result<Tensor> {
-        let features = match &prepared.pixel_values {
-            Some(px) => Some(self.model.image_features(&px.to_dtype(self.dtype)?)?),
-            None => None,
-        };
-        self.model
-            .embed_with_images(&prepared.input_ids, features.as_ref())
+        self.model.embed(prepared, self.dtype)
     }
 
     /// Logits `(seq, vocab)` in f32 for every prompt position (one forward, fresh cache).
@@ -269,19 +426,26 @@ impl Vlm {
         let embeds = self.embed(prepared)?;
         let decoder = self.model.decoder();
         let mut cache = decoder.new_cache();
-        let hidden = self.prefill(&embeds, &mut cache)?;
+        let (hidden, _) = self.prefill(prepared, &embeds, &mut cache)?;
         Ok(decoder.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
-    /// Runs prompt embeddings `(1, s, h)` at positions `0..s` into an empty `cache` and returns
-    /// the final hidden states.
-    pub(crate) fn prefill(&self, embeds: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let n = embeds.dim(1)? as u32;
-        let positions = Tensor::arange(0u32, n, &self.device)?.unsqueeze(0)?;
-        Ok(self
+    /// Runs prompt embeddings `(1, s, h)` into an empty `cache` at the prompt's positions and
+    /// returns the final hidden states and the positions (for the decoding steps).
+    pub(crate) fn prefill(
+        &self,
+        prepared: &Prepared,
+        embeds: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<(Tensor, Positions)> {
+        let positions = self.model.prompt_positions(prepared)?;
+        let n = embeds.dim(1)?;
+        let tensor = positions.prompt_tensor(n, &self.device)?;
+        let hidden = self
             .model
             .decoder()
-            .forward_embeds(embeds, &positions, cache)?)
+            .forward_embeds(embeds, &tensor, cache)?;
+        Ok((hidden, positions))
     }
 
     /// Generates an answer, calling `on_token` for every new token (return `false` to stop).
@@ -309,6 +473,28 @@ impl Vlm {
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// The processor matching the architecture, with the caller's pixel budget applied.
+fn load_processor(model: &Model, dir: &Path, options: &LoadOptions) -> Result<Processor> {
+    if model.tokens_per_image().is_some() {
+        return Ok(Processor::Fixed(ImageProcessor::from_config(
+            &ImageProcessorConfig::from_dir(dir)?,
+        )?));
+    }
+    let mut image = Qwen2VlImageProcessor::from_dir(dir)?;
+    if options.min_pixels.is_some() || options.max_pixels.is_some() {
+        let min = options.min_pixels.unwrap_or(image.min_pixels());
+        let max = options.max_pixels.unwrap_or(image.max_pixels());
+        image = image.with_pixel_bounds(min, max)?;
+    }
+    let mut video = Qwen2VlVideoProcessor::from_dir(dir)?;
+    if options.video_min_pixels.is_some() || options.video_max_pixels.is_some() {
+        let min = options.video_min_pixels.unwrap_or(video.min_pixels());
+        let max = options.video_max_pixels.unwrap_or(video.max_pixels());
+        video = video.with_pixel_bounds(min, max)?;
+    }
+    Ok(Processor::Qwen { image, video })
 }
 
 fn checkpoint_dtype(config: &Value) -> Option<DType> {

@@ -61,14 +61,14 @@ fn read_keys(files: &[PathBuf]) -> Result<BTreeSet<String>> {
 }
 
 /// One layout rule: a canonical key prefix and the prefixes it may be stored under.
-struct PrefixRule {
+pub(crate) struct PrefixRule {
     canonical: &'static str,
     stored: &'static [&'static str],
 }
 
 /// Canonical (transformers 5) prefixes of a LLaVA checkpoint and the published-checkpoint
 /// prefixes transformers' own conversion mapping accepts for them.
-const LLAVA_RULES: &[PrefixRule] = &[
+pub(crate) const LLAVA_RULES: &[PrefixRule] = &[
     PrefixRule {
         canonical: "model.language_model.",
         stored: &["language_model.model."],
@@ -87,12 +87,25 @@ const LLAVA_RULES: &[PrefixRule] = &[
     },
 ];
 
+/// Canonical prefixes of a Qwen2-VL / Qwen2.5-VL checkpoint and the published layout
+/// (`visual.*`, `model.*`), as in transformers' conversion mapping for `qwen2_vl`.
+pub(crate) const QWEN2_VL_RULES: &[PrefixRule] = &[
+    PrefixRule {
+        canonical: "model.visual.",
+        stored: &["visual."],
+    },
+    PrefixRule {
+        canonical: "model.language_model.",
+        stored: &["model."],
+    },
+];
+
 /// Maps each canonical key to the key actually present in the files. Keys already canonical are
 /// kept; keys absent in every layout are left as-is so the loader reports the canonical name.
-fn canonical_to_stored(keys: &BTreeSet<String>) -> HashMap<String, String> {
+fn canonical_to_stored(keys: &BTreeSet<String>, rules: &[PrefixRule]) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for key in keys {
-        for rule in LLAVA_RULES {
+        for rule in rules {
             for stored in rule.stored {
                 if let Some(rest) = key.strip_prefix(stored) {
                     let canonical = format!("{}{rest}", rule.canonical);
@@ -109,11 +122,12 @@ fn canonical_to_stored(keys: &BTreeSet<String>) -> HashMap<String, String> {
 /// A memory-mapped `VarBuilder` over `files`, in `dtype`, whose names are canonical.
 pub(crate) fn var_builder(
     files: &[PathBuf],
+    rules: &[PrefixRule],
     dtype: DType,
     device: &Device,
 ) -> Result<VarBuilder<'static>> {
     let keys = read_keys(files)?;
-    let map = Arc::new(canonical_to_stored(&keys));
+    let map = Arc::new(canonical_to_stored(&keys, rules));
     // SAFETY: as above; candle keeps the maps alive for the VarBuilder's lifetime.
     #[allow(unsafe_code)]
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
@@ -150,7 +164,7 @@ mod tests {
         .into_iter()
         .map(String::from)
         .collect();
-        let m = canonical_to_stored(&keys);
+        let m = canonical_to_stored(&keys, LLAVA_RULES);
         assert_eq!(
             m.get("model.language_model.embed_tokens.weight")
                 .map(String::as_str),
@@ -169,6 +183,25 @@ mod tests {
             m.get("model.multi_modal_projector.linear_1.weight")
                 .map(String::as_str),
             Some("multi_modal_projector.linear_1.weight")
+        );
+    }
+
+    #[test]
+    fn qwen2_vl_published_layout_maps_to_canonical() {
+        let keys: BTreeSet<String> = ["visual.blocks.0.attn.qkv.weight", "model.norm.weight"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let m = canonical_to_stored(&keys, QWEN2_VL_RULES);
+        assert_eq!(
+            m.get("model.visual.blocks.0.attn.qkv.weight")
+                .map(String::as_str),
+            Some("visual.blocks.0.attn.qkv.weight")
+        );
+        assert_eq!(
+            m.get("model.language_model.norm.weight")
+                .map(String::as_str),
+            Some("model.norm.weight")
         );
     }
 }

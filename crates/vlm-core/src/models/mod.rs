@@ -2,6 +2,8 @@
 
 mod llava;
 mod merge;
+pub mod qwen2vl;
 
 pub use llava::{FeatureLayer, FeatureSelect, Llava, LlavaConfig};
 pub use merge::merge_image_features;
+pub use qwen2vl::{Qwen2Vl, Qwen2VlConfig, QwenVlVersion};
