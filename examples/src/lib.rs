@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use vlm::{
-    DType, Device, GenerateParams, Generation, LoadOptions, ModelSource, Request, SamplingParams,
-    TokenLogprob, Vlm,
+    DType, Device, FrameSampling, GenerateParams, Generation, LoadOptions, ModelSource, Request,
+    SamplingParams, TokenLogprob, Vlm,
 };
 
 /// Flags every example takes.
@@ -32,6 +32,15 @@ pub struct CommonArgs {
     /// it the GIF's own timing, else transformers' default of 24, is used).
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Use this many frames of the video, spread evenly (default: every frame).
+    #[arg(long, conflicts_with = "sample_fps")]
+    pub num_frames: Option<usize>,
+    /// Use this many frames per second of the video (needs its frame rate: `--fps` or a GIF's).
+    #[arg(long)]
+    pub sample_fps: Option<f64>,
+    /// Cap the whole video at about this many tokens (each frame gets an even share).
+    #[arg(long)]
+    pub max_video_tokens: Option<u64>,
     /// Native-resolution models: resize images to at least this many pixels.
     #[arg(long)]
     pub min_pixels: Option<u64>,
@@ -124,6 +133,12 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         min_pixels: args.min_pixels,
         max_pixels: args.max_pixels,
+        video_sampling: match (args.num_frames, args.sample_fps) {
+            (Some(n), _) => Some(FrameSampling::NumFrames(n)),
+            (None, Some(f)) => Some(FrameSampling::Fps(f)),
+            (None, None) => None,
+        },
+        max_video_tokens: args.max_video_tokens,
         ..LoadOptions::default()
     };
     let source = ModelSource::parse(model, args.revision.as_deref());

@@ -22,7 +22,7 @@ fn photo(vlm: &Vlm, name: &str) -> Result<RgbImage> {
     Ok(vlm.load_image(fixtures().join("reference/images").join(name))?)
 }
 
-fn frames(vlm: &Vlm, clip: &str, n: usize) -> Result<Vec<RgbImage>> {
+fn frames_of(vlm: &Vlm, clip: &str, n: usize) -> Result<Vec<RgbImage>> {
     (0..n)
         .map(|k| photo(vlm, &format!("video_{clip}_{k}.png")))
         .collect()
@@ -51,7 +51,7 @@ fn extreme_aspect_ratio_is_refused_like_the_reference() -> Result<()> {
 #[test]
 fn one_frame_video_is_refused() -> Result<()> {
     let vlm = load("qwen2-vl-tiny", &LoadOptions::default())?;
-    let video = Video::new(frames(&vlm, "pan_astronaut", 1)?, None)?;
+    let video = Video::new(frames_of(&vlm, "pan_astronaut", 1)?, None)?;
     let e = err_text(vlm.prepare(&Request::with_videos("What happens?", vec![], vec![video])));
     assert!(e.contains("video 0") && e.contains("frame"), "{e}");
     Ok(())
@@ -86,7 +86,7 @@ fn placeholder_and_media_counts_must_match() -> Result<()> {
         "{e}"
     );
 
-    let video = Video::new(frames(&vlm, "pan_astronaut", 3)?, None)?;
+    let video = Video::new(frames_of(&vlm, "pan_astronaut", 3)?, None)?;
     let req = Request {
         messages: vec![Message::user_with_images(1, "And the video?")],
         images: vec![img],
@@ -128,7 +128,7 @@ fn grid_and_placeholder_mismatch_is_caught_before_the_merge() -> Result<()> {
 #[test]
 fn videos_are_refused_by_image_only_models() -> Result<()> {
     let vlm = load("llava-clip-llama", &LoadOptions::default())?;
-    let video = Video::new(frames(&vlm, "pan_astronaut", 3)?, None)?;
+    let video = Video::new(frames_of(&vlm, "pan_astronaut", 3)?, None)?;
     let req = Request {
         messages: vec![Message::new("user", vec![ContentPart::Text("Hi".into())])],
         videos: vec![video],
@@ -183,7 +183,7 @@ fn later_requests_do_not_inherit_earlier_positions() -> Result<()> {
         ignore_eos: true,
         ..GenerateParams::default()
     };
-    let video = Video::new(frames(&vlm, "pan_coffee", 4)?, None)?;
+    let video = Video::new(frames_of(&vlm, "pan_coffee", 4)?, None)?;
     vlm.generate(
         &Request::with_videos("What happens in the video?", vec![], vec![video]),
         &params,
@@ -201,5 +201,54 @@ fn later_requests_do_not_inherit_earlier_positions() -> Result<()> {
     };
     let out = vlm.generate(&req, &params, |_| true)?;
     assert_eq!(out.token_ids, reference.ids(3, "greedy_ids_noeos")?);
+    Ok(())
+}
+
+#[test]
+fn gif_videos_and_frame_sampling_reach_the_model() -> Result<()> {
+    let gif = fixtures().join("preprocess/qwen2vl/video/clip.gif");
+    let vlm = load("qwen2-vl-tiny", &LoadOptions::default())?;
+    let video = vlm.load_video(&[&gif], None)?;
+    let frames = video.frames.len();
+    assert!(
+        frames >= 2 && video.fps.is_some(),
+        "{frames} frames, fps {:?}",
+        video.fps
+    );
+    let prepared = vlm.prepare(&Request::with_videos("What happens?", vec![], vec![video]))?;
+    assert_eq!(prepared.video_grids[0][0], frames.div_ceil(2));
+    vlm.prompt_logits(&prepared)?;
+
+    // Two frames of four: one temporal patch.
+    let options = LoadOptions {
+        video_sampling: Some(vlm::FrameSampling::NumFrames(2)),
+        ..LoadOptions::default()
+    };
+    let vlm = load("qwen2-vl-tiny", &options)?;
+    let video = Video::new(frames_of(&vlm, "pan_coffee", 4)?, Some(3.0))?;
+    let prepared = vlm.prepare(&Request::with_videos("What happens?", vec![], vec![video]))?;
+    assert_eq!(prepared.video_grids[0][0], 1);
+    Ok(())
+}
+
+#[test]
+fn video_token_budget_caps_each_frame() -> Result<()> {
+    let video_tokens = |budget: Option<u64>| -> Result<usize> {
+        let options = LoadOptions {
+            max_video_tokens: budget,
+            video_min_pixels: Some(28 * 28),
+            ..LoadOptions::default()
+        };
+        let vlm = load("qwen2-vl-tiny", &options)?;
+        let video = Video::new(frames_of(&vlm, "pan_coffee", 4)?, None)?;
+        let prepared = vlm.prepare(&Request::with_videos("Hm?", vec![], vec![video]))?;
+        Ok(count(&prepared.input_ids, 410))
+    };
+    let free = video_tokens(None)?;
+    let capped = video_tokens(Some(2))?;
+    assert!(
+        capped < free,
+        "budget did not reduce the tokens: {capped} vs {free}"
+    );
     Ok(())
 }

@@ -243,3 +243,30 @@ fn reference_cases_are_sensitive_to_the_media() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn half_precision_tracks_the_f32_reference() -> Result<()> {
+    // bf16/f16 cannot meet the f32 tolerance; they must still compute the same function
+    // (cosine similarity of the whole prompt's logits with transformers' f32 logits). Case 2 of
+    // Qwen2.5-VL has an image, a video, windows and full-attention blocks.
+    let name = MODELS[1];
+    let reference = Reference::load(name)?;
+    let case = &reference.cases()[1];
+    let expected = reference.tensor(2, "logits")?.flatten_all()?;
+    for dtype in [DType::BF16, DType::F16] {
+        let options = LoadOptions {
+            dtype: Some(dtype),
+            ..LoadOptions::default()
+        };
+        let vlm = Vlm::load(&ModelSource::Local(fixtures().join(name)), &options)?;
+        let prepared = vlm.prepare(&request(&vlm, case)?)?;
+        let got = vlm.prompt_logits(&prepared)?.flatten_all()?;
+        let dot = (&got * &expected)?.sum_all()?.to_scalar::<f32>()?;
+        let norms = got.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?
+            * expected.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let cosine = dot / norms;
+        eprintln!("{name} {dtype:?}: logits cosine {cosine:.5}");
+        assert!(cosine > 0.999, "{dtype:?}: cosine similarity {cosine}");
+    }
+    Ok(())
+}

@@ -4,12 +4,16 @@
 //!
 //! Layout:
 //! - [`nn`]: linear (dense now, quantizable later without model changes), RMSNorm/LayerNorm,
-//!   activations, rotary embeddings, attention, and the [`nn::KvCache`] the caller owns.
-//! - [`vision`]: CLIP and SigLIP ViTs, exposing per-layer hidden states.
+//!   activations, rotary embeddings (1-D and Qwen2-VL's multimodal M-RoPE), attention
+//!   (including block-diagonal attention over variable-length segments), and the
+//!   [`nn::KvCache`] the caller owns.
+//! - [`vision`]: CLIP and SigLIP ViTs, exposing per-layer hidden states; the Qwen2-VL and
+//!   Qwen2.5-VL native-resolution towers with their patch merger.
 //! - [`projector`]: LLaVA's MLP projector.
-//! - [`text`]: the Llama-architecture decoder (Llama, Mistral, Qwen2) with `embed` and
-//!   `forward_embeds(embeds, positions, cache)`.
-//! - [`models`]: [`models::Llava`], and the checked splice of image features into embeddings.
+//! - [`text`]: the Llama-architecture decoder (Llama, Mistral, Qwen2, Qwen2-VL's Qwen2) with
+//!   `embed` and `forward_embeds(embeds, positions, cache)`.
+//! - [`models`]: [`models::Llava`], [`models::Qwen2Vl`] (with `get_rope_index`'s 3-D
+//!   positions), and the checked splice of media features into embeddings.
 //!
 //! Positions are always an explicit tensor and the KV cache is always passed in, so one model
 //! value can serve several conversations and, later, batches of them.

@@ -1,6 +1,11 @@
-//! Image decoding and preprocessing for vision-language models, bit-exact to the Hugging Face
-//! transformers 5 Pillow-backed image processors (`CLIPImageProcessorPil`,
-//! `SiglipImageProcessorPil`, `LlavaImageProcessorPil`).
+//! Image and video decoding and preprocessing for vision-language models, bit-exact to the
+//! Hugging Face transformers 5 Pillow-backed image processors (`CLIPImageProcessorPil`,
+//! `SiglipImageProcessorPil`, `LlavaImageProcessorPil`, `Qwen2VLImageProcessorPil`) and, for
+//! frames it does not resize, to `Qwen2VLVideoProcessor`.
+//!
+//! Fixed-resolution processors live at the crate root ([`ImageProcessor`]); Qwen2-VL's
+//! native-resolution patches, grids and videos in [`qwen2vl`]; [`Video`] loads frames or an
+//! animated GIF.
 //!
 //! ```
 //! use vlm_preprocess::{ImageProcessor, ImageProcessorConfig, PixelValues};

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::KvCache;
 use vlm_preprocess::image::RgbImage;
-use vlm_preprocess::qwen2vl::{Qwen2VlImageProcessor, Qwen2VlVideoProcessor};
+use vlm_preprocess::qwen2vl::{FrameSampling, Qwen2VlImageProcessor, Qwen2VlVideoProcessor};
 use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Video, VideoLimits};
 use vlm_prompt::{
     expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates, Message, SpecialTokens,
@@ -54,6 +54,14 @@ pub struct LoadOptions {
     pub video_min_pixels: Option<u64>,
     /// See [`LoadOptions::video_min_pixels`].
     pub video_max_pixels: Option<u64>,
+    /// Native-resolution models: which frames of a video are used (`None`: the checkpoint's
+    /// setting, by default every frame).
+    pub video_sampling: Option<FrameSampling>,
+    /// Native-resolution models: a total token budget per video (transformers'
+    /// `cap_pixels_per_frame` with `max_video_tokens`): each frame is also capped at an even
+    /// share of it, so a long video cannot exhaust memory. `None`: no total budget, as
+    /// transformers 5.23 defaults to.
+    pub max_video_tokens: Option<u64>,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +74,8 @@ impl Default for LoadOptions {
             max_pixels: None,
             video_min_pixels: None,
             video_max_pixels: None,
+            video_sampling: None,
+            max_video_tokens: None,
         }
     }
 }
@@ -493,6 +503,12 @@ fn load_processor(model: &Model, dir: &Path, options: &LoadOptions) -> Result<Pr
         let min = options.video_min_pixels.unwrap_or(video.min_pixels());
         let max = options.video_max_pixels.unwrap_or(video.max_pixels());
         video = video.with_pixel_bounds(min, max)?;
+    }
+    if let Some(sampling) = options.video_sampling {
+        video = video.with_sampling(sampling);
+    }
+    if options.max_video_tokens.is_some() {
+        video = video.with_video_token_budget(options.max_video_tokens);
     }
     Ok(Processor::Qwen { image, video })
 }
