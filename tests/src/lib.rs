@@ -75,6 +75,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok(d)
 }
 
+/// Cosine similarity of two same-shaped tensors, flattened (compared in f32).
+pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let a = a.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+    let b = b.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+    let dot = (&a * &b)?.sum_all()?.to_scalar::<f32>()?;
+    let norm = |t: &Tensor| -> Result<f32> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?) };
+    Ok(dot / (norm(&a)? * norm(&b)?))
+}
+
 /// Parses an HF-style message list (`[{"role", "content": [{"type": "image"} | {"type":
 /// "video"} | {"type": "text", "text"}]}]`).
 pub fn messages(value: &Value) -> Result<Vec<vlm::Message>> {

@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::KvCache;
 use vlm_preprocess::image::RgbImage;
-use vlm_preprocess::qwen2vl::{FrameSampling, Qwen2VlImageProcessor, Qwen2VlVideoProcessor};
+use vlm_preprocess::qwen2vl::{
+    FrameSampling, Patches, Qwen2VlImageProcessor, Qwen2VlVideoProcessor,
+};
 use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Video, VideoLimits};
 use vlm_prompt::{
     expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates, Message, SpecialTokens,
@@ -365,54 +367,40 @@ impl Vlm {
                 input_ids
             }
             Processor::Qwen { image, video } => {
+                let image_patches = images
+                    .iter()
+                    .enumerate()
+                    .map(|(index, img)| {
+                        image
+                            .process(img)
+                            .map_err(|source| Error::Image { index, source })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let processed_videos = videos
+                    .iter()
+                    .enumerate()
+                    .map(|(index, v)| {
+                        video
+                            .process(v)
+                            .map_err(|source| Error::Video { index, source })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                // transformers stores `second_per_grid_ts` as a float32 tensor.
+                prepared.video_seconds_per_grid = processed_videos
+                    .iter()
+                    .map(|v| Some(v.second_per_grid_t as f32))
+                    .collect();
+                (prepared.pixel_values, prepared.image_grids) =
+                    stack_patches(&image_patches, &self.device)?;
+                (prepared.video_pixel_values, prepared.video_grids) =
+                    stack_patches(processed_videos.iter().map(|v| &v.patches), &self.device)?;
                 let merge = image.merge_size().pow(2).max(1);
-                let mut data = Vec::new();
-                let mut patch_dim = 0;
-                for (index, img) in images.iter().enumerate() {
-                    let p = image
-                        .process(img)
-                        .map_err(|source| Error::Image { index, source })?;
-                    patch_dim = p.patch_dim;
-                    prepared.image_grids.push(p.grid_thw);
-                    data.extend_from_slice(&p.data);
-                }
-                if !images.is_empty() {
-                    let rows = data.len() / patch_dim.max(1);
-                    prepared.pixel_values =
-                        Some(Tensor::from_vec(data, (rows, patch_dim), &self.device)?);
-                }
-                let counts: Vec<usize> = prepared
-                    .image_grids
-                    .iter()
-                    .map(|g| g[0] * g[1] * g[2] / merge)
-                    .collect();
-                let ids = expand_image_tokens(&ids, image_token, &counts)?;
-
-                let mut data = Vec::new();
-                for (index, v) in videos.iter().enumerate() {
-                    let p = video
-                        .process(v)
-                        .map_err(|source| Error::Video { index, source })?;
-                    patch_dim = p.patches.patch_dim;
-                    prepared.video_grids.push(p.patches.grid_thw);
-                    // transformers stores `second_per_grid_ts` as a float32 tensor.
-                    prepared
-                        .video_seconds_per_grid
-                        .push(Some(p.second_per_grid_t as f32));
-                    data.extend_from_slice(&p.patches.data);
-                }
-                if !videos.is_empty() {
-                    let rows = data.len() / patch_dim.max(1);
-                    prepared.video_pixel_values =
-                        Some(Tensor::from_vec(data, (rows, patch_dim), &self.device)?);
-                }
-                let counts: Vec<usize> = prepared
-                    .video_grids
-                    .iter()
-                    .map(|g| g[0] * g[1] * g[2] / merge)
-                    .collect();
+                let tokens = |grids: &[[usize; 3]]| -> Vec<usize> {
+                    grids.iter().map(|g| g[0] * g[1] * g[2] / merge).collect()
+                };
+                let ids = expand_image_tokens(&ids, image_token, &tokens(&prepared.image_grids))?;
                 let video_token = self.model.video_token_id().unwrap_or(u32::MAX);
-                expand_video_tokens(&ids, video_token, &counts)?
+                expand_video_tokens(&ids, video_token, &tokens(&prepared.video_grids))?
             }
         };
         let context = self.model.decoder().config().max_position_embeddings;
@@ -483,6 +471,30 @@ impl Vlm {
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
+}
+
+/// Concatenates the flattened patches of several images (or videos) into one
+/// `(patches, patch_dim)` tensor, with their grids; `None` when there are none.
+fn stack_patches<'a>(
+    items: impl IntoIterator<Item = &'a Patches>,
+    device: &Device,
+) -> Result<(Option<Tensor>, Vec<[usize; 3]>)> {
+    let mut data = Vec::new();
+    let mut grids = Vec::new();
+    let mut patch_dim = 0;
+    for p in items {
+        patch_dim = p.patch_dim;
+        grids.push(p.grid_thw);
+        data.extend_from_slice(&p.data);
+    }
+    if grids.is_empty() {
+        return Ok((None, grids));
+    }
+    let rows = data.len() / patch_dim.max(1);
+    Ok((
+        Some(Tensor::from_vec(data, (rows, patch_dim), device)?),
+        grids,
+    ))
 }
 
 /// The processor matching the architecture, with the caller's pixel budget applied.
