@@ -38,6 +38,36 @@ pub fn causal_mask_from_positions(
     Ok(Some(visible.where_cond(&zeros, &neg)?.unsqueeze(1)?))
 }
 
+/// Grouped-query attention without materializing repeated key/value heads: `q` `(b, h, s, d)`
+/// with `h = kv * n_rep` (query head `j` uses key/value head `j / n_rep`, the order of
+/// `repeat_kv`), `k`/`v` `(b, kv, t, d)` (may be strided views, e.g. of the KV cache), `mask`
+/// `(b, 1, s, t)` or `None`. Same result as [`repeat_kv`] + [`attention`], with the n_rep query
+/// heads of a group stacked as rows of one matmul against their shared keys.
+pub fn attention_gqa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_rep: usize,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let kv = k.dim(1)?;
+    if kv * n_rep != h {
+        candle_core::bail!("attention_gqa: {h} query heads is not {kv} key/value heads x {n_rep}");
+    }
+    let dtype = q.dtype();
+    let q = q.contiguous()?.reshape((b, kv, n_rep * s, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = match mask {
+        Some(m) if n_rep > 1 => scores.broadcast_add(&m.repeat((1, 1, n_rep, 1))?)?,
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+    probs.matmul(v)?.reshape((b, h, s, d))
+}
+
 /// `softmax(q k^T * scale + mask) v` with the softmax in f32, as transformers' eager path does.
 ///
 /// `q`: `(b, h, s, d)`, `k`/`v`: `(b, h, t, d)` (heads already repeated), `mask`: broadcastable to
@@ -63,6 +93,34 @@ pub fn attention(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn gqa_matches_repeated_heads_with_strided_kv() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 6, 3, 8), &dev)?;
+        // keys/values as strided views of a larger buffer, like the KV cache returns
+        let kbuf = Tensor::randn(0f32, 1.0, (1, 2, 10, 8), &dev)?;
+        let vbuf = Tensor::randn(0f32, 1.0, (1, 2, 10, 8), &dev)?;
+        let (k, v) = (kbuf.narrow(2, 0, 5)?, vbuf.narrow(2, 0, 5)?);
+        let qp = Tensor::new(&[[2u32, 3, 4]], &dev)?;
+        let kp = Tensor::new(&[[0u32, 1, 2, 3, 4]], &dev)?;
+        let mask = causal_mask_from_positions(&qp, &kp, DType::F32)?;
+        let want = attention(
+            &q,
+            &repeat_kv(k.contiguous()?, 3)?,
+            &repeat_kv(v.contiguous()?, 3)?,
+            mask.as_ref(),
+            0.35,
+        )?;
+        let got = attention_gqa(&q, &k, &v, 3, mask.as_ref(), 0.35)?;
+        let diff = (want - got)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        Ok(())
+    }
 
     #[test]
     fn mask_follows_positions_not_offsets() -> Result<()> {

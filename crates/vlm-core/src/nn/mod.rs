@@ -10,7 +10,7 @@ mod rope;
 mod varlen;
 
 pub use activation::Activation;
-pub use attention::{attention, causal_mask_from_positions, repeat_kv};
+pub use attention::{attention, attention_gqa, causal_mask_from_positions, repeat_kv};
 pub use kv_cache::{KvCache, LayerCache};
 pub use linear::Linear;
 pub use norm::{LayerNorm, RmsNorm};

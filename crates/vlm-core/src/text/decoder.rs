@@ -10,8 +10,8 @@ use candle_nn::VarBuilder;
 
 use super::DecoderConfig;
 use crate::nn::{
-    attention, causal_mask_from_positions, repeat_kv, Activation, KvCache, LayerCache, Linear,
-    RmsNorm, RotaryEmbedding,
+    attention_gqa, causal_mask_from_positions, Activation, KvCache, LayerCache, Linear, RmsNorm,
+    RotaryEmbedding,
 };
 
 #[derive(Debug, Clone)]
@@ -55,12 +55,10 @@ impl Attention {
         let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
         let q = RotaryEmbedding::apply(&q, cos, sin)?;
         let k = RotaryEmbedding::apply(&k, cos, sin)?;
-        let (k, v) = cache.append(&k, &v.contiguous()?)?;
+        let (k, v) = cache.append(&k, &v)?;
         let n_rep = self.num_heads / self.num_kv_heads;
-        let k = repeat_kv(k, n_rep)?;
-        let v = repeat_kv(v, n_rep)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = attention(&q, &k, &v, mask, scale)?;
+        let out = attention_gqa(&q, &k, &v, n_rep, mask, scale)?;
         let out = out.transpose(1, 2)?.reshape((b, s, ()))?;
         self.o_proj.forward(&out)
     }
