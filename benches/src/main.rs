@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
-use vlm::{DType, GenerateParams, LoadOptions, ModelSource, Request, Vlm};
+use vlm::{DType, GenerateParams, LoadOptions, ModelSource, Quantization, Request, Vlm};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -25,6 +25,9 @@ struct Cli {
     /// Comma-separated dtypes to compare.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Comma-separated quantizations to compare: none, q8_0, q4k (each with every dtype).
+    #[arg(long, default_value = "none")]
+    quant: String,
     /// Tokens to generate per run (EOS is ignored).
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
@@ -39,6 +42,7 @@ struct Cli {
 #[derive(Debug, Serialize)]
 struct Row {
     dtype: String,
+    quant: String,
     load_ms: f64,
     vision_ms_per_image: f64,
     ttft_ms: f64,
@@ -67,59 +71,75 @@ fn main() -> Result<()> {
         bail!("--runs must be >= 1 and --new-tokens >= 2");
     }
     let mut rows = Vec::new();
-    for name in cli.dtype.split(',') {
-        let dtype = parse_dtype(name.trim())?;
-        let options = LoadOptions {
-            dtype: Some(dtype),
-            ..LoadOptions::default()
-        };
-        let vlm = Vlm::load(&ModelSource::parse(&cli.model, None), &options)
-            .with_context(|| format!("loading {} in {name}", cli.model))?;
-        let images = cli
-            .images
-            .iter()
-            .map(|p| vlm.load_image(p))
-            .collect::<vlm::Result<Vec<_>>>()?;
-        let n_images = images.len().max(1) as f64;
-        let request = Request::new(cli.prompt.clone(), images);
-        let params = GenerateParams {
-            max_new_tokens: cli.new_tokens,
-            ignore_eos: true,
-            ..GenerateParams::default()
-        };
-        vlm.generate(&request, &params, |_| true)?; // warm-up
-        let (mut vision, mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![], vec![]);
-        let mut prompt_tokens = 0;
-        for _ in 0..cli.runs {
-            let out = vlm.generate(&request, &params, |_| true)?;
-            let t = out.timings;
-            prompt_tokens = out.prompt_tokens;
-            vision.push(t.vision / n_images);
-            ttft.push(t.vision + t.prefill);
-            prefill.push(out.prompt_tokens as f64 / (t.prefill / 1e3));
-            // The first token comes from the prefill; the decode phase makes the others.
-            decode.push((out.token_ids.len() - 1) as f64 / (t.decode / 1e3));
+    let configs: Vec<(String, Option<Quantization>)> = cli
+        .quant
+        .split(',')
+        .map(|q| match q.trim() {
+            "none" => Ok(("none".to_string(), None)),
+            other => other
+                .parse::<Quantization>()
+                .map(|k| (k.name().to_string(), Some(k)))
+                .map_err(anyhow::Error::msg),
+        })
+        .collect::<Result<_>>()?;
+    for (quant_name, quant) in &configs {
+        for name in cli.dtype.split(',') {
+            let dtype = parse_dtype(name.trim())?;
+            let options = LoadOptions {
+                dtype: Some(dtype),
+                quantization: *quant,
+                ..LoadOptions::default()
+            };
+            let vlm = Vlm::load(&ModelSource::parse(&cli.model, None), &options)
+                .with_context(|| format!("loading {} in {name}", cli.model))?;
+            let images = cli
+                .images
+                .iter()
+                .map(|p| vlm.load_image(p))
+                .collect::<vlm::Result<Vec<_>>>()?;
+            let n_images = images.len().max(1) as f64;
+            let request = Request::new(cli.prompt.clone(), images);
+            let params = GenerateParams {
+                max_new_tokens: cli.new_tokens,
+                ignore_eos: true,
+                ..GenerateParams::default()
+            };
+            vlm.generate(&request, &params, |_| true)?; // warm-up
+            let (mut vision, mut prefill, mut decode, mut ttft) = (vec![], vec![], vec![], vec![]);
+            let mut prompt_tokens = 0;
+            for _ in 0..cli.runs {
+                let out = vlm.generate(&request, &params, |_| true)?;
+                let t = out.timings;
+                prompt_tokens = out.prompt_tokens;
+                vision.push(t.vision / n_images);
+                ttft.push(t.vision + t.prefill);
+                prefill.push(out.prompt_tokens as f64 / (t.prefill / 1e3));
+                // The first token comes from the prefill; the decode phase makes the others.
+                decode.push((out.token_ids.len() - 1) as f64 / (t.decode / 1e3));
+            }
+            rows.push(Row {
+                dtype: name.trim().to_string(),
+                quant: quant_name.clone(),
+                load_ms: vlm.load_ms(),
+                vision_ms_per_image: median(vision),
+                ttft_ms: median(ttft),
+                prefill_tok_s: median(prefill),
+                decode_tok_s: median(decode),
+                prompt_tokens,
+            });
         }
-        rows.push(Row {
-            dtype: name.trim().to_string(),
-            load_ms: vlm.load_ms(),
-            vision_ms_per_image: median(vision),
-            ttft_ms: median(ttft),
-            prefill_tok_s: median(prefill),
-            decode_tok_s: median(decode),
-            prompt_tokens,
-        });
     }
     println!(
         "model: {}  new tokens: {}  runs: {} (median)\n",
         cli.model, cli.new_tokens, cli.runs
     );
-    println!("| dtype | load ms | vision ms/image | TTFT ms | prefill tok/s | decode tok/s | prompt tokens |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| dtype | quant | load ms | vision ms/image | TTFT ms | prefill tok/s | decode tok/s | prompt tokens |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
             r.dtype,
+            r.quant,
             r.load_ms,
             r.vision_ms_per_image,
             r.ttft_ms,

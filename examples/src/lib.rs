@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use vlm::{
-    DType, Device, FrameSampling, GenerateParams, Generation, LoadOptions, ModelSource, Request,
-    SamplingParams, TokenLogprob, Vlm,
+    DType, Device, FrameSampling, GenerateParams, Generation, LoadOptions, ModelSource,
+    Quantization, Request, SamplingParams, TokenLogprob, Vlm,
 };
 
 /// Flags every example takes.
@@ -75,6 +75,9 @@ pub struct CommonArgs {
     /// f32, f16 or bf16 (default: f32 on CPU, the checkpoint's dtype on GPUs).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize the language model's linear layers at load time: q8_0 or q4k.
+    #[arg(long)]
+    pub quant: Option<Quantization>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -131,6 +134,7 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
     let options = LoadOptions {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        quantization: args.quant,
         min_pixels: args.min_pixels,
         max_pixels: args.max_pixels,
         video_sampling: match (args.num_frames, args.sample_fps) {

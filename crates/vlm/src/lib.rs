@@ -47,6 +47,7 @@ pub use model::{Model, SUPPORTED_MODEL_TYPES};
 pub use pipeline::{LoadOptions, Prepared, Request, Vlm};
 pub use sampling::SamplingParams;
 pub use source::ModelSource;
+pub use vlm_core::nn::Quantization;
 pub use vlm_preprocess::qwen2vl::FrameSampling;
 pub use vlm_preprocess::{image::RgbImage, DecodeLimits, Video};
 pub use vlm_prompt::{ContentPart, Message};

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use vlm_core::models::qwen2vl::MropePositions;
 use vlm_core::models::{Llava, LlavaConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion};
-use vlm_core::text::Decoder;
+use vlm_core::nn::Quantization;
+use vlm_core::text::{Decoder, QuantizeReport};
 
 use crate::{weights, Error, Result};
 
@@ -96,6 +97,15 @@ impl Model {
             Self::Llava(m) => m.decoder(),
             Self::Qwen2Vl(m) => m.decoder(),
         }
+    }
+
+    /// Quantizes the language model's linear layers (see [`Decoder::quantize`]).
+    pub fn quantize_decoder(&mut self, kind: Quantization) -> Result<QuantizeReport> {
+        let decoder = match self {
+            Self::Llava(m) => m.decoder_mut(),
+            Self::Qwen2Vl(m) => m.decoder_mut(),
+        };
+        Ok(decoder.quantize(kind)?)
     }
 
     /// Id of the image placeholder token.

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-use vlm_core::nn::KvCache;
+use vlm_core::nn::{KvCache, Quantization};
+use vlm_core::text::QuantizeReport;
 use vlm_preprocess::image::RgbImage;
 use vlm_preprocess::qwen2vl::{
     FrameSampling, Patches, Qwen2VlImageProcessor, Qwen2VlVideoProcessor,
@@ -45,6 +46,9 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// Largest image (in pixels, from its header) that will be decoded.
     pub image_limits: DecodeLimits,
+    /// Quantize the language model's linear layers at load time (`None`: keep `dtype`).
+    /// Activations of quantized layers run in f32.
+    pub quantization: Option<Quantization>,
     /// Native-resolution models (Qwen2-VL): the fewest pixels an image is resized to
     /// (`min_pixels`); `None` keeps the checkpoint's setting.
     pub min_pixels: Option<u64>,
@@ -72,6 +76,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             image_limits: DecodeLimits::default(),
+            quantization: None,
             min_pixels: None,
             max_pixels: None,
             video_min_pixels: None,
@@ -163,6 +168,7 @@ pub struct Vlm {
     image_limits: DecodeLimits,
     dir: PathBuf,
     load_ms: f64,
+    quantized: Option<QuantizeReport>,
 }
 
 impl Vlm {
@@ -192,7 +198,11 @@ impl Vlm {
         };
         let vb =
             weights::var_builder(&weight_files, model_config.layout(), dtype, &options.device)?;
-        let model = Model::new(&model_config, vb)?;
+        let mut model = Model::new(&model_config, vb)?;
+        let quantized = match options.quantization {
+            Some(kind) => Some(model.quantize_decoder(kind)?),
+            None => None,
+        };
 
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         let special_tokens = SpecialTokens::from_dir(&dir)?;
@@ -215,6 +225,7 @@ impl Vlm {
             image_limits: options.image_limits,
             dir,
             load_ms: start.elapsed().as_secs_f64() * 1e3,
+            quantized,
         })
     }
 
@@ -258,6 +269,11 @@ impl Vlm {
     /// The folder the checkpoint was read from (a Hub snapshot folder for Hub sources).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What load-time quantization did (`None` without [`LoadOptions::quantization`]).
+    pub fn quantize_report(&self) -> Option<QuantizeReport> {
+        self.quantized
     }
 
     /// Milliseconds spent in [`Vlm::load`].

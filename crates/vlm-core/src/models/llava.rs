@@ -154,6 +154,11 @@ impl Llava {
         &self.decoder
     }
 
+    /// The language model, mutably (e.g. to quantize it).
+    pub fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
     /// Id of the image placeholder token.
     pub fn image_token_id(&self) -> u32 {
         self.image_token_id

@@ -1,15 +1,70 @@
 //! A linear layer whose weight storage is an implementation detail.
 //!
-//! Model code only calls [`Linear::forward`]; the weight is held in a private enum so a later
-//! quantized variant (candle's `QMatMul`) slots in here without touching any model file.
+//! Model code only calls [`Linear::forward`]; the weight is held in a private enum, dense or
+//! quantized (candle's `QMatMul` over GGML blocks), so quantizing at load time touches no model
+//! file.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+
+/// Weight quantization applied at load time (GGML block formats, as in llama.cpp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quantization {
+    /// 8-bit weights in blocks of 32 with one f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit "k-quant" super-blocks of 256 (4.5 bits per weight).
+    Q4K,
+}
+
+impl Quantization {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K => GgmlDType::Q4K,
+        }
+    }
+
+    /// Weights per block: a layer's input width must be a multiple of it.
+    pub fn block_size(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// The name used on the command line (`q8_0`, `q4k`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        }
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "q4k" | "q4_k" | "q4_k_m" => Ok(Self::Q4K),
+            other => Err(format!(
+                "unknown quantization `{other}`; expected q8_0 or q4k"
+            )),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Weight {
     /// A dense `(out_features, in_features)` matrix, as PyTorch stores it.
     Dense(Tensor),
+    /// GGML blocks along `in_features`; the matmul runs in f32.
+    Quantized {
+        matmul: QMatMul,
+        out_features: usize,
+        kind: Quantization,
+    },
 }
 
 /// `y = x W^T + b`, over any number of leading dimensions.
@@ -39,31 +94,112 @@ impl Linear {
         Ok(Self::from_weights(weight, bias))
     }
 
-    /// The dense weight, `(out_features, in_features)`.
-    pub fn weight(&self) -> &Tensor {
+    /// The dense weight, `(out_features, in_features)`; `None` once quantized.
+    pub fn weight(&self) -> Option<&Tensor> {
         match &self.weight {
-            Weight::Dense(w) => w,
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized { .. } => None,
         }
+    }
+
+    /// The quantization of the weight, if any.
+    pub fn quantization(&self) -> Option<Quantization> {
+        match &self.weight {
+            Weight::Dense(_) => None,
+            Weight::Quantized { kind, .. } => Some(*kind),
+        }
+    }
+
+    /// This layer with its weight quantized to `kind` (the bias stays in float). A layer whose
+    /// input width is not a multiple of the block size cannot be quantized and is returned
+    /// unchanged; [`Linear::quantization`] tells which happened.
+    pub fn quantized(&self, kind: Quantization) -> Result<Self> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(self.clone());
+        };
+        let (out_features, in_features) = w.dims2()?;
+        if in_features % kind.block_size() != 0 {
+            return Ok(self.clone());
+        }
+        let q = QTensor::quantize(&w.to_dtype(DType::F32)?, kind.ggml())?;
+        Ok(Self {
+            weight: Weight::Quantized {
+                matmul: QMatMul::from_arc(Arc::new(q))?,
+                out_features,
+                kind,
+            },
+            bias: self.bias.clone(),
+        })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let Weight::Dense(w) = &self.weight;
         let dims = xs.dims();
         let in_dim = dims.last().copied().unwrap_or(0);
         let rows = xs.elem_count() / in_dim.max(1);
         // Fold every leading dimension into one so the matmul is a single GEMM against W^T.
         let flat = xs.reshape((rows, in_dim))?;
-        let ys = flat.matmul(&w.t()?)?;
+        let (ys, out_features) = match &self.weight {
+            Weight::Dense(w) => (flat.matmul(&w.t()?)?, w.dim(0)?),
+            Weight::Quantized {
+                matmul,
+                out_features,
+                ..
+            } => {
+                // The quantized kernels take f32 activations.
+                let ys = matmul.forward(&flat.to_dtype(DType::F32)?.contiguous()?)?;
+                (ys.to_dtype(xs.dtype())?, *out_features)
+            }
+        };
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
         };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
-            *last = w.dim(0)?;
+            *last = out_features;
         }
         ys.reshape(out_dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn relative_error(a: &Tensor, b: &Tensor) -> Result<f32> {
+        let num = (a - b)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let den = b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        Ok(num / den)
+    }
+
+    #[test]
+    fn quantized_layers_track_the_dense_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = (Tensor::randn(0f32, 1.0, (96, 512), &dev)? / 512f64.sqrt())?;
+        let b = Tensor::randn(0f32, 1.0, 96, &dev)?;
+        let dense = Linear::from_weights(w, Some(b));
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 512), &dev)?;
+        let want = dense.forward(&x)?;
+        // Relative L2 error of the outputs: ~0.4% for 8-bit blocks, a few % for 4-bit k-quants.
+        for (kind, bound) in [(Quantization::Q8_0, 0.01), (Quantization::Q4K, 0.08)] {
+            let q = dense.quantized(kind)?;
+            assert_eq!(q.quantization(), Some(kind));
+            let got = q.forward(&x)?;
+            assert_eq!(got.dims(), want.dims());
+            let err = relative_error(&got, &want)?;
+            assert!(err < bound, "{kind:?}: relative error {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn incompatible_widths_stay_dense() -> Result<()> {
+        let w = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu)?;
+        let q = Linear::from_weights(w, None).quantized(Quantization::Q4K)?;
+        assert_eq!(q.quantization(), None);
+        Ok(())
     }
 }

@@ -12,7 +12,7 @@ mod varlen;
 pub use activation::Activation;
 pub use attention::{attention, attention_gqa, causal_mask_from_positions, repeat_kv};
 pub use kv_cache::{KvCache, LayerCache};
-pub use linear::Linear;
+pub use linear::{Linear, Quantization};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{RopeScaling, RotaryEmbedding};
 pub use varlen::{varlen_attention, VarlenPlan};

@@ -10,8 +10,8 @@ use candle_nn::VarBuilder;
 
 use super::DecoderConfig;
 use crate::nn::{
-    attention_gqa, causal_mask_from_positions, Activation, KvCache, LayerCache, Linear, RmsNorm,
-    RotaryEmbedding,
+    attention_gqa, causal_mask_from_positions, Activation, KvCache, LayerCache, Linear,
+    Quantization, RmsNorm, RotaryEmbedding,
 };
 
 #[derive(Debug, Clone)]
@@ -107,6 +107,15 @@ impl Layer {
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
+}
+
+/// What [`Decoder::quantize`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuantizeReport {
+    /// Linear layers now quantized.
+    pub quantized: usize,
+    /// Linear layers left dense because their input width is not a multiple of the block.
+    pub kept_dense: usize,
 }
 
 /// A decoder-only language model with an explicit KV cache.
@@ -231,6 +240,33 @@ impl Decoder {
             xs = (xs2 + h)?;
         }
         self.norm.forward(&xs)
+    }
+
+    /// Quantizes every linear layer (attention and MLP projections, and the LM head) to
+    /// `kind`; embeddings and norms stay in float. Returns how many layers were quantized and
+    /// how many had to stay dense (input width not a multiple of the block size).
+    pub fn quantize(&mut self, kind: Quantization) -> Result<QuantizeReport> {
+        let mut report = QuantizeReport::default();
+        let mut q = |l: &mut Linear| -> Result<()> {
+            *l = l.quantized(kind)?;
+            match l.quantization() {
+                Some(_) => report.quantized += 1,
+                None => report.kept_dense += 1,
+            }
+            Ok(())
+        };
+        for layer in self.layers.iter_mut() {
+            let a = &mut layer.self_attn;
+            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                q(l)?;
+            }
+            let m = &mut layer.mlp;
+            for l in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
+                q(l)?;
+            }
+        }
+        q(&mut self.lm_head)?;
+        Ok(report)
     }
 
     /// Projects hidden states to vocabulary logits.

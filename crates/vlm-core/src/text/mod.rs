@@ -4,4 +4,4 @@ mod config;
 mod decoder;
 
 pub use config::{DecoderConfig, TextConfig};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, QuantizeReport};

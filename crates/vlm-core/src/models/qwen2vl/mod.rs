@@ -176,6 +176,11 @@ impl Qwen2Vl {
         &self.decoder
     }
 
+    /// The language model, mutably (e.g. to quantize it).
+    pub fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
     /// The vision tower (with its merger).
     pub fn vision_tower(&self) -> &QwenVisionTower {
         &self.visual
