@@ -41,6 +41,10 @@ pub struct CommonArgs {
     /// Cap the whole video at about this many tokens (each frame gets an even share).
     #[arg(long)]
     pub max_video_tokens: Option<u64>,
+    /// Tiling models (Idefics3 / SmolVLM): do not split images into tiles, encode only the
+    /// downscaled image.
+    #[arg(long)]
+    pub no_image_splitting: bool,
     /// Native-resolution models: resize images to at least this many pixels.
     #[arg(long)]
     pub min_pixels: Option<u64>,
@@ -135,6 +139,7 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         quantization: args.quant,
+        image_splitting: args.no_image_splitting.then_some(false),
         min_pixels: args.min_pixels,
         max_pixels: args.max_pixels,
         video_sampling: match (args.num_frames, args.sample_fps) {

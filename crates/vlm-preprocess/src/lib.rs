@@ -48,6 +48,7 @@
 
 mod config;
 mod error;
+pub mod idefics3;
 mod load;
 mod processor;
 pub mod qwen2vl;

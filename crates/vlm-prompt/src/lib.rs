@@ -62,6 +62,7 @@
 
 mod chunks;
 mod error;
+mod idefics3;
 mod message;
 mod python;
 mod special;
@@ -73,6 +74,11 @@ pub use chunks::{
     split_chunks_checked, Chunk,
 };
 pub use error::{PromptError, Result};
+pub use idefics3::{
+    expand_idefics3_prompt, idefics3_image_seq_len, Idefics3PromptTokens,
+    IDEFICS3_DEFAULT_IMAGE_SEQ_LEN, IDEFICS3_END_OF_UTTERANCE_TOKEN, IDEFICS3_FAKE_IMAGE_TOKEN,
+    IDEFICS3_GLOBAL_IMAGE_TOKEN, IDEFICS3_IMAGE_TOKEN,
+};
 pub use message::{ContentPart, Message};
 pub use special::{AddedTokenInfo, SpecialTokens};
 pub use template::{

@@ -62,3 +62,34 @@ pub fn read_dir(dir: &Path) -> Result<Vec<ManifestEntry>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_project_manifest_has_one_default_and_known_architectures() -> Result<()> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../weights-manifest");
+        let entries = read_dir(&dir)?;
+        let defaults: Vec<_> = entries.iter().filter(|e| e.default).collect();
+        assert_eq!(defaults.len(), 1, "exactly one default entry");
+        assert_eq!(defaults[0].hub_id, "HuggingFaceTB/SmolVLM-256M-Instruct");
+        let known = [
+            "LlavaForConditionalGeneration",
+            "Qwen2VLForConditionalGeneration",
+            "Qwen2_5_VLForConditionalGeneration",
+            "Idefics3ForConditionalGeneration",
+            "LlavaNextForConditionalGeneration",
+            "LlavaOnevisionForConditionalGeneration",
+        ];
+        for e in &entries {
+            assert!(
+                known.contains(&e.architecture.as_str()),
+                "{}: architecture {} is not one we load",
+                e.hub_id,
+                e.architecture
+            );
+        }
+        Ok(())
+    }
+}

@@ -7,14 +7,16 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 use serde_json::Value;
 use vlm_core::models::qwen2vl::MropePositions;
-use vlm_core::models::{Llava, LlavaConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion};
+use vlm_core::models::{
+    Idefics3, Idefics3Config, Llava, LlavaConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion,
+};
 use vlm_core::nn::Quantization;
 use vlm_core::text::{Decoder, QuantizeReport};
 
 use crate::{weights, Error, Result};
 
 /// The `model_type` values this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl", "idefics3"];
 
 /// A loaded vision-language model.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub enum Model {
     Llava(Box<Llava>),
     /// `Qwen2VLForConditionalGeneration` / `Qwen2_5_VLForConditionalGeneration`.
     Qwen2Vl(Box<Qwen2Vl>),
+    /// `Idefics3ForConditionalGeneration` (SmolVLM-256M/500M/2.2B-Instruct).
+    Idefics3(Box<Idefics3>),
 }
 
 /// A parsed `config.json`, one variant per supported architecture.
@@ -31,6 +35,7 @@ pub enum Model {
 pub(crate) enum ModelConfig {
     Llava(Box<LlavaConfig>),
     Qwen2Vl(Box<Qwen2VlConfig>),
+    Idefics3(Box<Idefics3Config>),
 }
 
 impl ModelConfig {
@@ -54,6 +59,12 @@ impl ModelConfig {
                     message: e.to_string(),
                 })?,
             ))),
+            "idefics3" => Ok(Self::Idefics3(Box::new(
+                Idefics3Config::from_json(json).map_err(|e| Error::InvalidJson {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?,
+            ))),
             other => Err(Error::UnsupportedArchitecture {
                 found: other.to_string(),
                 path: path.to_path_buf(),
@@ -70,6 +81,8 @@ impl ModelConfig {
         match self {
             Self::Llava(_) => weights::LLAVA_RULES,
             Self::Qwen2Vl(_) => weights::QWEN2_VL_RULES,
+            // Published Idefics3 / SmolVLM checkpoints already use transformers 5's names.
+            Self::Idefics3(_) => &[],
         }
     }
 }
@@ -88,6 +101,9 @@ impl Model {
             ModelConfig::Qwen2Vl(cfg) => Ok(Self::Qwen2Vl(Box::new(
                 Qwen2Vl::new(cfg, vb).map_err(weights)?,
             ))),
+            ModelConfig::Idefics3(cfg) => Ok(Self::Idefics3(Box::new(
+                Idefics3::new(cfg, vb).map_err(weights)?,
+            ))),
         }
     }
 
@@ -96,6 +112,7 @@ impl Model {
         match self {
             Self::Llava(m) => m.decoder(),
             Self::Qwen2Vl(m) => m.decoder(),
+            Self::Idefics3(m) => m.decoder(),
         }
     }
 
@@ -104,6 +121,7 @@ impl Model {
         let decoder = match self {
             Self::Llava(m) => m.decoder_mut(),
             Self::Qwen2Vl(m) => m.decoder_mut(),
+            Self::Idefics3(m) => m.decoder_mut(),
         };
         Ok(decoder.quantize(kind)?)
     }
@@ -113,13 +131,14 @@ impl Model {
         match self {
             Self::Llava(m) => m.image_token_id(),
             Self::Qwen2Vl(m) => m.config().image_token_id,
+            Self::Idefics3(m) => m.image_token_id(),
         }
     }
 
     /// Id of the video placeholder token, for models that take videos.
     pub fn video_token_id(&self) -> Option<u32> {
         match self {
-            Self::Llava(_) => None,
+            Self::Llava(_) | Self::Idefics3(_) => None,
             Self::Qwen2Vl(m) => Some(m.config().video_token_id),
         }
     }
@@ -128,6 +147,7 @@ impl Model {
     pub fn architecture(&self) -> &'static str {
         match self {
             Self::Llava(_) => "llava",
+            Self::Idefics3(_) => "idefics3",
             Self::Qwen2Vl(m) => match m.config().version {
                 QwenVlVersion::Qwen2Vl => "qwen2_vl",
                 QwenVlVersion::Qwen25Vl => "qwen2_5_vl",
@@ -140,7 +160,7 @@ impl Model {
     pub fn tokens_per_image(&self) -> Option<usize> {
         match self {
             Self::Llava(m) => Some(m.tokens_per_image()),
-            Self::Qwen2Vl(_) => None,
+            Self::Qwen2Vl(_) | Self::Idefics3(_) => None,
         }
     }
 
@@ -158,6 +178,7 @@ impl Model {
         Ok(Some(match self {
             Self::Llava(m) => m.image_features(&px)?.flatten_to(1)?,
             Self::Qwen2Vl(m) => m.vision_features(&px, &prepared.image_grids)?,
+            Self::Idefics3(m) => m.image_features(&px, prepared.pixel_attention_mask.as_ref())?,
         }))
     }
 
@@ -172,7 +193,9 @@ impl Model {
             return Ok(None);
         };
         match self {
-            Self::Llava(_) => Err(Error::InvalidOption("this model takes no videos".into())),
+            Self::Llava(_) | Self::Idefics3(_) => {
+                Err(Error::InvalidOption("this model takes no videos".into()))
+            }
             Self::Qwen2Vl(m) => Ok(Some(
                 m.vision_features(&px.to_dtype(dtype)?, &prepared.video_grids)?,
             )),
@@ -197,6 +220,7 @@ impl Model {
                 m.embed_with_images(ids, images.as_ref())?
             }
             Self::Qwen2Vl(m) => m.embed_with_media(ids, images.as_ref(), videos.as_ref())?,
+            Self::Idefics3(m) => m.embed_with_images(ids, images.as_ref())?,
         })
     }
 
@@ -204,7 +228,7 @@ impl Model {
     /// sequence index `i` past the prompt sits at `i + delta`.
     pub(crate) fn prompt_positions(&self, prepared: &crate::Prepared) -> Result<Positions> {
         match self {
-            Self::Llava(_) => Ok(Positions::Sequential),
+            Self::Llava(_) | Self::Idefics3(_) => Ok(Positions::Sequential),
             Self::Qwen2Vl(m) => Ok(Positions::Multimodal(m.rope_index(
                 &prepared.input_ids,
                 &prepared.image_grids,

@@ -8,14 +8,15 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::{KvCache, Quantization};
 use vlm_core::text::QuantizeReport;
+use vlm_preprocess::idefics3::{Idefics3ImageProcessor, Idefics3Tiles};
 use vlm_preprocess::image::RgbImage;
 use vlm_preprocess::qwen2vl::{
     FrameSampling, Patches, Qwen2VlImageProcessor, Qwen2VlVideoProcessor,
 };
 use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Video, VideoLimits};
 use vlm_prompt::{
-    expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates, Message, SpecialTokens,
-    TemplateContext, Tokenizer,
+    expand_idefics3_prompt, expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates,
+    Idefics3PromptTokens, Message, SpecialTokens, TemplateContext, Tokenizer,
 };
 
 use crate::generate::{GenerateParams, Generation, Generator, TokenEvent};
@@ -49,6 +50,9 @@ pub struct LoadOptions {
     /// Quantize the language model's linear layers at load time (`None`: keep `dtype`).
     /// Activations of quantized layers run in f32.
     pub quantization: Option<Quantization>,
+    /// Tiling models (Idefics3 / SmolVLM): split images into tiles plus a global view
+    /// (`do_image_splitting`); `None` keeps the checkpoint's setting.
+    pub image_splitting: Option<bool>,
     /// Native-resolution models (Qwen2-VL): the fewest pixels an image is resized to
     /// (`min_pixels`); `None` keeps the checkpoint's setting.
     pub min_pixels: Option<u64>,
@@ -77,6 +81,7 @@ impl Default for LoadOptions {
             dtype: None,
             image_limits: DecodeLimits::default(),
             quantization: None,
+            image_splitting: None,
             min_pixels: None,
             max_pixels: None,
             video_min_pixels: None,
@@ -132,6 +137,11 @@ pub struct Prepared {
     pub pixel_values: Option<Tensor>,
     /// Native-resolution models: the `(t, h, w)` patch grid of each image.
     pub image_grids: Vec<[usize; 3]>,
+    /// Tiling models (Idefics3): which pixels of each tile are image, `(tiles, h, w)` (u8,
+    /// 1 = image); `pixel_values` then holds every tile of every image, `(tiles, 3, h, w)`.
+    pub pixel_attention_mask: Option<Tensor>,
+    /// Tiling models: the `(rows, cols)` tile grid of each image (`(0, 0)`: not split).
+    pub tile_grids: Vec<(usize, usize)>,
     /// Flattened patches of all videos (native-resolution models), or `None`.
     pub video_pixel_values: Option<Tensor>,
     /// The `(t, h, w)` patch grid of each video.
@@ -150,6 +160,11 @@ enum Processor {
     Qwen {
         image: Qwen2VlImageProcessor,
         video: Qwen2VlVideoProcessor,
+    },
+    /// Idefics3: tiles plus a global view per image; the prompt is expanded as text.
+    Idefics3 {
+        image: Idefics3ImageProcessor,
+        tokens: Idefics3PromptTokens,
     },
 }
 
@@ -211,7 +226,7 @@ impl Vlm {
             Err(vlm_prompt::PromptError::NoChatTemplate { .. }) => None,
             Err(e) => return Err(e.into()),
         };
-        let processor = load_processor(&model, &dir, options)?;
+        let processor = load_processor(&model, &tokenizer, &dir, options)?;
         let eos_ids = eos_token_ids(&dir, &config)?;
         Ok(Self {
             model,
@@ -239,20 +254,28 @@ impl Vlm {
         &self.tokenizer
     }
 
-    /// The image processor of a fixed-resolution model (LLaVA); `None` for native-resolution
-    /// models, see [`Vlm::qwen_processors`].
+    /// The image processor of a fixed-resolution model (LLaVA); `None` for the others, see
+    /// [`Vlm::qwen_processors`] and [`Vlm::idefics3_processor`].
     pub fn processor(&self) -> Option<&ImageProcessor> {
         match &self.processor {
             Processor::Fixed(p) => Some(p),
-            Processor::Qwen { .. } => None,
+            _ => None,
         }
     }
 
     /// The image and video processors of a Qwen2-VL-family model.
     pub fn qwen_processors(&self) -> Option<(&Qwen2VlImageProcessor, &Qwen2VlVideoProcessor)> {
         match &self.processor {
-            Processor::Fixed(_) => None,
             Processor::Qwen { image, video } => Some((image, video)),
+            _ => None,
+        }
+    }
+
+    /// The image processor of an Idefics3 / SmolVLM model.
+    pub fn idefics3_processor(&self) -> Option<&Idefics3ImageProcessor> {
+        match &self.processor {
+            Processor::Idefics3 { image, .. } => Some(image),
+            _ => None,
         }
     }
 
@@ -344,6 +367,7 @@ impl Vlm {
         images: &[RgbImage],
         videos: &[Video],
     ) -> Result<Prepared> {
+        let mut prepared_tiles = Prepared::default();
         // transformers' processor skips the tokenizer's own special tokens when the template
         // already starts with BOS, so BOS is never doubled.
         let starts_with_bos = self
@@ -351,11 +375,36 @@ impl Vlm {
             .bos
             .as_deref()
             .is_some_and(|b| prompt.starts_with(b));
-        let ids = self.tokenizer.encode(&prompt, !starts_with_bos)?;
         let image_token = self.model.image_token_id();
+        let mut idefics3_text = None;
+        if let Processor::Idefics3 { .. } = &self.processor {
+            if !videos.is_empty() {
+                return Err(Error::InvalidOption(format!(
+                    "{} does not take videos ({} given)",
+                    self.model.architecture(),
+                    videos.len()
+                )));
+            }
+        }
+        if let Processor::Idefics3 { image, tokens } = &self.processor {
+            let mut tiles = Vec::with_capacity(images.len());
+            for (index, img) in images.iter().enumerate() {
+                tiles.push(
+                    image
+                        .process(img)
+                        .map_err(|source| Error::Image { index, source })?,
+                );
+            }
+            let grids: Vec<(usize, usize)> = tiles.iter().map(|t| (t.rows, t.cols)).collect();
+            idefics3_text = Some(expand_idefics3_prompt(&prompt, &grids, tokens)?);
+            stack_tiles(&tiles, &self.device, &mut prepared_tiles)?;
+            prepared_tiles.tile_grids = grids;
+        }
+        let text = idefics3_text.as_deref().unwrap_or(&prompt);
+        let ids = self.tokenizer.encode(text, !starts_with_bos)?;
         let mut prepared = Prepared {
             prompt,
-            ..Prepared::default()
+            ..prepared_tiles
         };
         let input_ids = match &self.processor {
             Processor::Fixed(processor) => {
@@ -418,6 +467,8 @@ impl Vlm {
                 let video_token = self.model.video_token_id().unwrap_or(u32::MAX);
                 expand_video_tokens(&ids, video_token, &tokens(&prepared.video_grids))?
             }
+            // Expanded as text above.
+            Processor::Idefics3 { .. } => ids,
         };
         let context = self.model.decoder().config().max_position_embeddings;
         if input_ids.len() > context {
@@ -513,12 +564,46 @@ fn stack_patches<'a>(
     ))
 }
 
+/// All tiles of all images as `(tiles, 3, h, w)` pixel values and the `(tiles, h, w)` mask.
+fn stack_tiles(tiles: &[Idefics3Tiles], device: &Device, into: &mut Prepared) -> Result<()> {
+    let Some(first) = tiles.first() else {
+        return Ok(());
+    };
+    let [_, c, h, w] = first.shape;
+    let mut pixels = Vec::new();
+    let mut mask = Vec::new();
+    let mut n = 0;
+    for t in tiles {
+        pixels.extend_from_slice(&t.pixel_values);
+        mask.extend_from_slice(&t.pixel_attention_mask);
+        n += t.n_tiles();
+    }
+    into.pixel_values = Some(Tensor::from_vec(pixels, (n, c, h, w), device)?);
+    into.pixel_attention_mask = Some(Tensor::from_vec(mask, (n, h, w), device)?);
+    Ok(())
+}
+
 /// The processor matching the architecture, with the caller's pixel budget applied.
-fn load_processor(model: &Model, dir: &Path, options: &LoadOptions) -> Result<Processor> {
+fn load_processor(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    options: &LoadOptions,
+) -> Result<Processor> {
     if model.tokens_per_image().is_some() {
         return Ok(Processor::Fixed(ImageProcessor::from_config(
             &ImageProcessorConfig::from_dir(dir)?,
         )?));
+    }
+    if let Model::Idefics3(_) = model {
+        let mut image = Idefics3ImageProcessor::from_dir(dir)?;
+        if let Some(split) = options.image_splitting {
+            image = image.with_image_splitting(split);
+        }
+        return Ok(Processor::Idefics3 {
+            image,
+            tokens: Idefics3PromptTokens::from_dir(dir, tokenizer)?,
+        });
     }
     let mut image = Qwen2VlImageProcessor::from_dir(dir)?;
     if options.min_pixels.is_some() || options.max_pixels.is_some() {

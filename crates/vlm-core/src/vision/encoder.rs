@@ -40,7 +40,8 @@ impl SelfAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `mask`: additive, broadcastable to `(b, heads, n, n)` (Idefics3 masks padded patches).
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
         let split = |t: Tensor| {
             t.reshape((b, n, self.num_heads, self.head_dim))?
@@ -50,7 +51,7 @@ impl SelfAttention {
         let k = split(self.k_proj.forward(xs)?)?;
         let v = split(self.v_proj.forward(xs)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = attention(&q, &k, &v, None, scale)?;
+        let out = attention(&q, &k, &v, mask, scale)?;
         let out = out.transpose(1, 2)?.reshape((b, n, ()))?;
         self.out_proj.forward(&out)
     }
@@ -79,8 +80,11 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = (xs + self.self_attn.forward(&self.layer_norm1.forward(xs)?)?)?;
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = (xs
+            + self
+                .self_attn
+                .forward(&self.layer_norm1.forward(xs)?, mask)?)?;
         let m = self.fc1.forward(&self.layer_norm2.forward(&h)?)?;
         let m = self.fc2.forward(&self.act.forward(&m)?)?;
         h + m
@@ -108,11 +112,21 @@ impl VitEncoder {
         states.push(input);
         for layer in self.layers.iter().take(up_to) {
             let next = match states.last() {
-                Some(prev) => layer.forward(prev)?,
+                Some(prev) => layer.forward(prev, None)?,
                 None => candle_core::bail!("encoder has no input"),
             };
             states.push(next);
         }
         Ok(states)
+    }
+
+    /// The output of the last layer, with an additive attention `mask` broadcastable to
+    /// `(b, heads, n, n)` applied in every layer (`None`: every token sees every token).
+    pub(crate) fn forward_masked(&self, input: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut xs = input;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, mask)?;
+        }
+        Ok(xs)
     }
 }

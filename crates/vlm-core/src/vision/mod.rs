@@ -3,12 +3,14 @@
 mod clip;
 mod config;
 mod encoder;
+pub mod idefics3;
 mod qwen2vl;
 mod siglip;
 
 pub use clip::{ClipVisionConfig, ClipVisionTower};
 pub use config::{ClipDefaults, SiglipDefaults, VitConfig, VitDefaults};
 pub use encoder::VitEncoder;
+pub use idefics3::{Idefics3VisionConfig, Idefics3VisionTransformer};
 pub use qwen2vl::{
     Qwen25VlVisionConfig, Qwen2VlVisionConfig, QwenVisionConfig, QwenVisionTower,
     VisionRopeParameters, VisionRopeType,

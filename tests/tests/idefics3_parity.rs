@@ -1,0 +1,187 @@
+//! Idefics3 (SmolVLM's architecture) parity against transformers 5.23 (fixtures from
+//! `tests/scripts/make_idefics3_fixtures.py`).
+//!
+//! Tolerances (f32): pixel values <= 1e-5 (Pillow-exact resizes), pixel attention masks,
+//! expanded prompt ids and greedy ids exact, vision tower and connector output and whole-prompt
+//! logits <= 1e-4.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use serde_json::Value;
+use vlm::{GenerateParams, LoadOptions, Message, ModelSource, Request, Vlm};
+use vlm_tests::{fixtures, max_abs_diff, messages, Reference};
+
+const PIXEL_TOL: f32 = 1e-5;
+const FEATURE_TOL: f32 = 1e-4;
+const LOGIT_TOL: f32 = 1e-4;
+const NAME: &str = "idefics3-tiny";
+
+fn load(name: &str) -> Result<Vlm> {
+    let source = ModelSource::Local(fixtures().join(name));
+    Ok(Vlm::load(&source, &LoadOptions::default())?)
+}
+
+fn request(vlm: &Vlm, case: &Value) -> Result<Request> {
+    let images = case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .map(|f| {
+            let path = fixtures()
+                .join("reference/images")
+                .join(f.as_str().unwrap_or_default());
+            Ok(vlm.load_image(path)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Request {
+        messages: messages(&case["messages"])?,
+        images,
+        ..Request::default()
+    })
+}
+
+#[test]
+fn idefics3_tiling_split_and_unsplit_match_transformers() -> Result<()> {
+    let reference = Reference::load(NAME)?;
+    let cases = reference.cases();
+    assert!(cases.len() >= 6, "too few reference cases");
+    let mut models: HashMap<String, Vlm> = HashMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        let n = i + 1;
+        let folder = case["model"].as_str().context("model")?.to_string();
+        if !models.contains_key(&folder) {
+            models.insert(folder.clone(), load(&folder)?);
+        }
+        let vlm = &models[&folder];
+        let what = format!("{folder} case {n} ({})", case["description"]);
+        let prepared = vlm.prepare(&request(vlm, case)?)?;
+        assert_eq!(
+            prepared.prompt,
+            case["prompt"].as_str().context("prompt")?,
+            "{what}: prompt"
+        );
+        assert_eq!(
+            prepared.input_ids,
+            reference.ids(n, "input_ids")?,
+            "{what}: expanded ids"
+        );
+        let want_grids: Vec<(usize, usize)> = case["grids"]
+            .as_array()
+            .context("grids")?
+            .iter()
+            .map(|g| {
+                (
+                    g[0].as_u64().unwrap_or(0) as usize,
+                    g[1].as_u64().unwrap_or(0) as usize,
+                )
+            })
+            .collect();
+        assert_eq!(prepared.tile_grids, want_grids, "{what}: tile grids");
+
+        let vlm::Model::Idefics3(model) = vlm.model() else {
+            anyhow::bail!("{folder} should load as Idefics3");
+        };
+        if let Some(px) = &prepared.pixel_values {
+            let d = max_abs_diff(px, reference.tensor(n, "pixel_values")?)?;
+            assert!(d <= PIXEL_TOL, "{what}: pixel values differ by {d}");
+            let mask = prepared.pixel_attention_mask.as_ref().context("mask")?;
+            let want = reference
+                .tensor(n, "pixel_attention_mask")?
+                .to_dtype(DType::U8)?;
+            assert_eq!(
+                mask.flatten_all()?.to_vec1::<u8>()?,
+                want.flatten_all()?.to_vec1::<u8>()?,
+                "{what}: pixel attention mask"
+            );
+            let vis = model.vision_features(px, Some(mask))?;
+            let d = max_abs_diff(&vis, reference.tensor(n, "vision_output")?)?;
+            assert!(d <= FEATURE_TOL, "{what}: vision output differs by {d}");
+            let feats = model.image_features(px, Some(mask))?;
+            let d = max_abs_diff(&feats, reference.tensor(n, "image_features")?)?;
+            assert!(d <= FEATURE_TOL, "{what}: connector output differs by {d}");
+        } else {
+            assert!(
+                reference.tensor(n, "pixel_values").is_err(),
+                "{what}: images expected"
+            );
+        }
+
+        let logits = vlm.prompt_logits(&prepared)?;
+        let d = max_abs_diff(&logits, reference.tensor(n, "logits")?)?;
+        eprintln!("{what}: logits max abs diff {d:.2e}");
+        assert!(d <= LOGIT_TOL, "{what}: logits differ by {d}");
+
+        let params = GenerateParams {
+            max_new_tokens: 10,
+            ..GenerateParams::default()
+        };
+        let greedy = vlm.generate_prepared(&prepared, &params, |_| true)?;
+        assert_eq!(
+            greedy.token_ids,
+            reference.ids(n, "greedy_ids")?,
+            "{what}: greedy ids"
+        );
+        let params = GenerateParams {
+            ignore_eos: true,
+            ..params
+        };
+        let noeos = vlm.generate_prepared(&prepared, &params, |_| true)?;
+        assert_eq!(
+            noeos.token_ids,
+            reference.ids(n, "greedy_ids_noeos")?,
+            "{what}: greedy ids, EOS ignored"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn idefics3_placeholder_and_feature_counts_must_match() -> Result<()> {
+    let vlm = load(NAME)?;
+    let img = vlm.load_image(fixtures().join("reference/images/wide_astronaut.png"))?;
+    let good = vlm.prepare(&Request::new("What is in the image?", vec![img.clone()]))?;
+    let mut bad = good.clone();
+    let image_token = vlm.model().image_token_id();
+    let at = bad
+        .input_ids
+        .iter()
+        .position(|&t| t == image_token)
+        .unwrap();
+    bad.input_ids.remove(at);
+    let e = vlm.prompt_logits(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("placeholder") && e.contains("feature rows"),
+        "{e}"
+    );
+    // More images than markers.
+    let req = Request {
+        messages: vec![Message::user_with_images(1, "Two?")],
+        images: vec![img.clone(), img],
+        ..Request::default()
+    };
+    let e = vlm.prepare(&req).unwrap_err().to_string();
+    assert!(
+        e.contains("1 image marker") && e.contains("2 image(s)"),
+        "{e}"
+    );
+    Ok(())
+}
+
+#[test]
+fn idefics3_splitting_can_be_turned_off_from_the_api() -> Result<()> {
+    let options = LoadOptions {
+        image_splitting: Some(false),
+        ..LoadOptions::default()
+    };
+    let vlm = Vlm::load(&ModelSource::Local(fixtures().join(NAME)), &options)?;
+    let img = vlm.load_image(fixtures().join("reference/images/large_astronaut.png"))?;
+    let prepared = vlm.prepare(&Request::new("What is in the image?", vec![img]))?;
+    assert_eq!(prepared.tile_grids, vec![(0, 0)]);
+    assert_eq!(prepared.pixel_values.as_ref().context("pixels")?.dim(0)?, 1);
+    vlm.prompt_logits(&prepared)?;
+    Ok(())
+}
