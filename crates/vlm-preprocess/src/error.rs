@@ -194,6 +194,18 @@ pub enum PreprocessError {
         /// What went wrong, with the values involved.
         reason: String,
     },
+    /// The views of an anyres image (base view and tiles) came out of the per-view steps with
+    /// different shapes, so they cannot be stacked (transformers fails here too). Happens only
+    /// with `do_resize` and `do_center_crop` off and pinpoints that are not tile multiples.
+    #[error("anyres view {index} has shape {found:?} but view 0 has {expected:?}; turn do_resize or do_center_crop on, or use image_grid_pinpoints that are multiples of the tile size")]
+    RaggedViews {
+        /// Index of the offending view (0 is the base view).
+        index: usize,
+        /// `[channels, height, width]` of view 0.
+        expected: [usize; 3],
+        /// `[channels, height, width]` of the offending view.
+        found: [usize; 3],
+    },
 }
 
 /// Shorthand for results of this crate.

@@ -46,6 +46,7 @@
 //!   `[channels, height, width]` shape.
 #![deny(missing_docs)]
 
+pub mod anyres;
 mod config;
 mod error;
 pub mod idefics3;

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use vlm_core::models::qwen2vl::MropePositions;
 use vlm_core::models::{
-    Idefics3, Idefics3Config, Llava, LlavaConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion,
+    AnyresVariant, Idefics3, Idefics3Config, Llava, LlavaConfig, LlavaNext, LlavaNextConfig,
+    LlavaOnevisionConfig, Qwen2Vl, Qwen2VlConfig, QwenVlVersion,
 };
 use vlm_core::nn::Quantization;
 use vlm_core::text::{Decoder, QuantizeReport};
@@ -16,7 +17,14 @@ use vlm_core::text::{Decoder, QuantizeReport};
 use crate::{weights, Error, Result};
 
 /// The `model_type` values this crate can load.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llava", "qwen2_vl", "qwen2_5_vl", "idefics3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "idefics3",
+];
 
 /// A loaded vision-language model.
 #[derive(Debug, Clone)]
@@ -28,6 +36,9 @@ pub enum Model {
     Qwen2Vl(Box<Qwen2Vl>),
     /// `Idefics3ForConditionalGeneration` (SmolVLM-256M/500M/2.2B-Instruct).
     Idefics3(Box<Idefics3>),
+    /// `LlavaNextForConditionalGeneration` and `LlavaOnevisionForConditionalGeneration` (anyres
+    /// tiles, unpadding, `image_newline`).
+    LlavaNext(Box<LlavaNext>),
 }
 
 /// A parsed `config.json`, one variant per supported architecture.
@@ -36,6 +47,8 @@ pub(crate) enum ModelConfig {
     Llava(Box<LlavaConfig>),
     Qwen2Vl(Box<Qwen2VlConfig>),
     Idefics3(Box<Idefics3Config>),
+    LlavaNext(Box<LlavaNextConfig>),
+    LlavaOnevision(Box<LlavaOnevisionConfig>),
 }
 
 impl ModelConfig {
@@ -58,6 +71,12 @@ impl ModelConfig {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?,
+            ))),
+            "llava_next" => Ok(Self::LlavaNext(Box::new(
+                LlavaNextConfig::deserialize(json).map_err(invalid)?,
+            ))),
+            "llava_onevision" => Ok(Self::LlavaOnevision(Box::new(
+                LlavaOnevisionConfig::deserialize(json).map_err(invalid)?,
             ))),
             "idefics3" => Ok(Self::Idefics3(Box::new(
                 Idefics3Config::from_json(json).map_err(|e| Error::InvalidJson {
@@ -83,6 +102,7 @@ impl ModelConfig {
             Self::Qwen2Vl(_) => weights::QWEN2_VL_RULES,
             // Published Idefics3 / SmolVLM checkpoints already use transformers 5's names.
             Self::Idefics3(_) => &[],
+            Self::LlavaNext(_) | Self::LlavaOnevision(_) => weights::LLAVA_NEXT_RULES,
         }
     }
 }
@@ -104,6 +124,12 @@ impl Model {
             ModelConfig::Idefics3(cfg) => Ok(Self::Idefics3(Box::new(
                 Idefics3::new(cfg, vb).map_err(weights)?,
             ))),
+            ModelConfig::LlavaNext(cfg) => Ok(Self::LlavaNext(Box::new(
+                LlavaNext::new(cfg, vb).map_err(weights)?,
+            ))),
+            ModelConfig::LlavaOnevision(cfg) => Ok(Self::LlavaNext(Box::new(
+                LlavaNext::new_onevision(cfg, vb).map_err(weights)?,
+            ))),
         }
     }
 
@@ -113,6 +139,7 @@ impl Model {
             Self::Llava(m) => m.decoder(),
             Self::Qwen2Vl(m) => m.decoder(),
             Self::Idefics3(m) => m.decoder(),
+            Self::LlavaNext(m) => m.decoder(),
         }
     }
 
@@ -122,6 +149,7 @@ impl Model {
             Self::Llava(m) => m.decoder_mut(),
             Self::Qwen2Vl(m) => m.decoder_mut(),
             Self::Idefics3(m) => m.decoder_mut(),
+            Self::LlavaNext(m) => m.decoder_mut(),
         };
         Ok(decoder.quantize(kind)?)
     }
@@ -132,13 +160,14 @@ impl Model {
             Self::Llava(m) => m.image_token_id(),
             Self::Qwen2Vl(m) => m.config().image_token_id,
             Self::Idefics3(m) => m.image_token_id(),
+            Self::LlavaNext(m) => m.image_token_id(),
         }
     }
 
     /// Id of the video placeholder token, for models that take videos.
     pub fn video_token_id(&self) -> Option<u32> {
         match self {
-            Self::Llava(_) | Self::Idefics3(_) => None,
+            Self::Llava(_) | Self::Idefics3(_) | Self::LlavaNext(_) => None,
             Self::Qwen2Vl(m) => Some(m.config().video_token_id),
         }
     }
@@ -148,6 +177,10 @@ impl Model {
         match self {
             Self::Llava(_) => "llava",
             Self::Idefics3(_) => "idefics3",
+            Self::LlavaNext(m) => match m.variant() {
+                AnyresVariant::Next => "llava_next",
+                AnyresVariant::Onevision => "llava_onevision",
+            },
             Self::Qwen2Vl(m) => match m.config().version {
                 QwenVlVersion::Qwen2Vl => "qwen2_vl",
                 QwenVlVersion::Qwen25Vl => "qwen2_5_vl",
@@ -160,7 +193,7 @@ impl Model {
     pub fn tokens_per_image(&self) -> Option<usize> {
         match self {
             Self::Llava(m) => Some(m.tokens_per_image()),
-            Self::Qwen2Vl(_) | Self::Idefics3(_) => None,
+            Self::Qwen2Vl(_) | Self::Idefics3(_) | Self::LlavaNext(_) => None,
         }
     }
 
@@ -179,6 +212,15 @@ impl Model {
             Self::Llava(m) => m.image_features(&px)?.flatten_to(1)?,
             Self::Qwen2Vl(m) => m.vision_features(&px, &prepared.image_grids)?,
             Self::Idefics3(m) => m.image_features(&px, prepared.pixel_attention_mask.as_ref())?,
+            Self::LlavaNext(m) => {
+                let mut per_image = Vec::with_capacity(prepared.views_per_image.len());
+                let mut start = 0;
+                for &views in &prepared.views_per_image {
+                    per_image.push(px.narrow(0, start, views)?);
+                    start += views;
+                }
+                m.image_features(&per_image, &prepared.image_sizes)?
+            }
         }))
     }
 
@@ -193,7 +235,7 @@ impl Model {
             return Ok(None);
         };
         match self {
-            Self::Llava(_) | Self::Idefics3(_) => {
+            Self::Llava(_) | Self::Idefics3(_) | Self::LlavaNext(_) => {
                 Err(Error::InvalidOption("this model takes no videos".into()))
             }
             Self::Qwen2Vl(m) => Ok(Some(
@@ -221,14 +263,27 @@ impl Model {
             }
             Self::Qwen2Vl(m) => m.embed_with_media(ids, images.as_ref(), videos.as_ref())?,
             Self::Idefics3(m) => m.embed_with_images(ids, images.as_ref())?,
+            Self::LlavaNext(m) => m.embed_with_images(ids, images.as_ref())?,
         })
+    }
+
+    /// Placeholder tokens of each image of one anyres prompt (LLaVA-NeXT / OneVision), from the
+    /// images' original `(height, width)`.
+    pub(crate) fn anyres_token_counts(&self, sizes: &[(usize, usize)]) -> Result<Vec<usize>> {
+        match self {
+            Self::LlavaNext(m) => Ok(m.image_token_counts(sizes)?),
+            _ => Err(Error::InvalidOption(format!(
+                "{} does not use anyres tiles",
+                self.architecture()
+            ))),
+        }
     }
 
     /// Rotary positions of a prompt and the offset later tokens carry (`delta`): a token at
     /// sequence index `i` past the prompt sits at `i + delta`.
     pub(crate) fn prompt_positions(&self, prepared: &crate::Prepared) -> Result<Positions> {
         match self {
-            Self::Llava(_) | Self::Idefics3(_) => Ok(Positions::Sequential),
+            Self::Llava(_) | Self::Idefics3(_) | Self::LlavaNext(_) => Ok(Positions::Sequential),
             Self::Qwen2Vl(m) => Ok(Positions::Multimodal(m.rope_index(
                 &prepared.input_ids,
                 &prepared.image_grids,

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::{KvCache, Quantization};
 use vlm_core::text::QuantizeReport;
+use vlm_preprocess::anyres::AnyresImageProcessor;
 use vlm_preprocess::idefics3::{Idefics3ImageProcessor, Idefics3Tiles};
 use vlm_preprocess::image::RgbImage;
 use vlm_preprocess::qwen2vl::{
@@ -142,6 +143,11 @@ pub struct Prepared {
     pub pixel_attention_mask: Option<Tensor>,
     /// Tiling models: the `(rows, cols)` tile grid of each image (`(0, 0)`: not split).
     pub tile_grids: Vec<(usize, usize)>,
+    /// Anyres models (LLaVA-NeXT / OneVision): how many views (base view + tiles) of
+    /// `pixel_values` belong to each image, in order.
+    pub views_per_image: Vec<usize>,
+    /// Anyres models: each image's original `(height, width)`.
+    pub image_sizes: Vec<(usize, usize)>,
     /// Flattened patches of all videos (native-resolution models), or `None`.
     pub video_pixel_values: Option<Tensor>,
     /// The `(t, h, w)` patch grid of each video.
@@ -161,6 +167,8 @@ enum Processor {
         image: Qwen2VlImageProcessor,
         video: Qwen2VlVideoProcessor,
     },
+    /// LLaVA-NeXT / OneVision: a base view plus tiles of the best-fitting resolution.
+    Anyres(AnyresImageProcessor),
     /// Idefics3: tiles plus a global view per image; the prompt is expanded as text.
     Idefics3 {
         image: Idefics3ImageProcessor,
@@ -469,6 +477,41 @@ impl Vlm {
             }
             // Expanded as text above.
             Processor::Idefics3 { .. } => ids,
+            Processor::Anyres(processor) => {
+                if !videos.is_empty() {
+                    return Err(Error::InvalidOption(format!(
+                        "{} does not take videos ({} given)",
+                        self.model.architecture(),
+                        videos.len()
+                    )));
+                }
+                // OneVision tiles an image only when it is alone in the conversation.
+                let tiled = processor.tiles_in_prompt_of(images.len());
+                let mut data = Vec::new();
+                let mut view_shape = [0usize; 3];
+                for (index, img) in images.iter().enumerate() {
+                    let px = if tiled {
+                        processor.process(img)
+                    } else {
+                        processor.process_untiled(img)
+                    }
+                    .map_err(|source| Error::Image { index, source })?;
+                    let [views, c, h, w] = px.shape;
+                    view_shape = [c, h, w];
+                    prepared.views_per_image.push(views);
+                    let (ih, iw) = px.image_size;
+                    prepared.image_sizes.push((ih as usize, iw as usize));
+                    data.extend_from_slice(&px.data);
+                }
+                if !images.is_empty() {
+                    let total: usize = prepared.views_per_image.iter().sum();
+                    let [c, h, w] = view_shape;
+                    prepared.pixel_values =
+                        Some(Tensor::from_vec(data, (total, c, h, w), &self.device)?);
+                }
+                let counts = self.model.anyres_token_counts(&prepared.image_sizes)?;
+                expand_image_tokens(&ids, image_token, &counts)?
+            }
         };
         let context = self.model.decoder().config().max_position_embeddings;
         if input_ids.len() > context {
@@ -594,6 +637,9 @@ fn load_processor(
         return Ok(Processor::Fixed(ImageProcessor::from_config(
             &ImageProcessorConfig::from_dir(dir)?,
         )?));
+    }
+    if let Model::LlavaNext(_) = model {
+        return Ok(Processor::Anyres(AnyresImageProcessor::from_dir(dir)?));
     }
     if let Model::Idefics3(_) = model {
         let mut image = Idefics3ImageProcessor::from_dir(dir)?;

@@ -87,6 +87,30 @@ pub(crate) const LLAVA_RULES: &[PrefixRule] = &[
     },
 ];
 
+/// LLaVA-NeXT / OneVision: the LLaVA layout plus the top-level `image_newline` parameter.
+pub(crate) const LLAVA_NEXT_RULES: &[PrefixRule] = &[
+    PrefixRule {
+        canonical: "model.language_model.",
+        stored: &["language_model.model."],
+    },
+    PrefixRule {
+        canonical: "lm_head.",
+        stored: &["language_model.lm_head."],
+    },
+    PrefixRule {
+        canonical: "model.vision_tower.",
+        stored: &["vision_tower.vision_model.", "vision_tower."],
+    },
+    PrefixRule {
+        canonical: "model.multi_modal_projector.",
+        stored: &["multi_modal_projector."],
+    },
+    PrefixRule {
+        canonical: "model.image_newline",
+        stored: &["image_newline"],
+    },
+];
+
 /// Canonical prefixes of a Qwen2-VL / Qwen2.5-VL checkpoint and the published layout
 /// (`visual.*`, `model.*`), as in transformers' conversion mapping for `qwen2_vl`.
 pub(crate) const QWEN2_VL_RULES: &[PrefixRule] = &[

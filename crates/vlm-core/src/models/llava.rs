@@ -42,6 +42,65 @@ impl FeatureLayer {
             Self::Many(v) => v.clone(),
         }
     }
+
+    /// The selected layers as indices into a tower's hidden-state list `[embeddings, layer 1,
+    /// ..., layer n]` (`num_hidden_layers + 1` entries), negative ones counted from the end as in
+    /// Python. Errors when one is out of range.
+    pub fn resolve(&self, num_hidden_layers: usize) -> Result<Vec<usize>> {
+        let n_states = num_hidden_layers + 1;
+        self.indices()
+            .into_iter()
+            .map(|i| {
+                let j = if i < 0 { n_states as i64 + i } else { i };
+                if j < 0 || j >= n_states as i64 {
+                    Err(Error::Config(format!(
+                        "vision_feature_layer {i} is out of range for a tower with {n_states} \
+                         hidden states"
+                    )))
+                } else {
+                    Ok(j as usize)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Vision tokens one image (one tile) gives after `select`: `(image_size / patch_size)^2`
+/// patches, plus CLIP's CLS token unless `default` drops it.
+pub(crate) fn tokens_per_tile(vision: &VisionConfig, select: FeatureSelect) -> usize {
+    let (image, patch) = vision.image_and_patch_size();
+    let patches = (image / patch).pow(2);
+    let tokens = patches + usize::from(matches!(vision, VisionConfig::Clip(_)));
+    match select {
+        FeatureSelect::Default => tokens.saturating_sub(1),
+        FeatureSelect::Full => tokens,
+    }
+}
+
+/// `get_image_features`' selection: the hidden states at `layers` (indices from
+/// [`FeatureLayer::resolve`]), without the first token for `default`, concatenated along the
+/// feature dimension: `(n, tokens, dim * layers)`.
+pub(crate) fn select_vision_features(
+    tower: &VisionTower,
+    pixel_values: &Tensor,
+    layers: &[usize],
+    select: FeatureSelect,
+) -> Result<Tensor> {
+    let up_to = layers.iter().copied().max().unwrap_or(0);
+    let states = tower.hidden_states(pixel_values, up_to)?;
+    let picked = layers
+        .iter()
+        .map(|&i| {
+            let s = states.get(i).ok_or_else(|| {
+                Error::Config(format!("vision hidden state {i} was not computed"))
+            })?;
+            Ok(match select {
+                FeatureSelect::Default => s.narrow(1, 1, s.dim(1)? - 1)?,
+                FeatureSelect::Full => s.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&picked, D::Minus1)?)
 }
 
 fn d_image_token() -> u32 {
@@ -105,33 +164,13 @@ impl Llava {
     pub fn new(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
         let mut text = cfg.text_config.resolve()?;
         text.tie_word_embeddings |= cfg.tie_word_embeddings;
-        let n_states = cfg.vision_config.num_hidden_layers() + 1;
         let layers = cfg
             .vision_feature_layer
-            .indices()
-            .into_iter()
-            .map(|i| {
-                let j = if i < 0 { n_states as i64 + i } else { i };
-                if j < 0 || j >= n_states as i64 {
-                    Err(Error::Config(format!(
-                        "vision_feature_layer {i} is out of range for a tower with {n_states} \
-                         hidden states"
-                    )))
-                } else {
-                    Ok(j as usize)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .resolve(cfg.vision_config.num_hidden_layers())?;
         let in_dim = cfg.vision_config.hidden_size() * layers.len();
         let model = vb.pp("model");
-        let (image, patch) = cfg.vision_config.image_and_patch_size();
-        let patches = (image / patch).pow(2);
-        let has_cls = matches!(cfg.vision_config, VisionConfig::Clip(_));
-        let tokens = patches + usize::from(has_cls);
-        let tokens_per_image = match cfg.vision_feature_select_strategy {
-            FeatureSelect::Default => tokens - 1,
-            FeatureSelect::Full => tokens,
-        };
+        let tokens_per_image =
+            tokens_per_tile(&cfg.vision_config, cfg.vision_feature_select_strategy);
         Ok(Self {
             vision_tower: VisionTower::new(&cfg.vision_config, model.pp("vision_tower"))?,
             projector: LlavaProjector::new(
@@ -171,22 +210,7 @@ impl Llava {
 
     /// The selected vision hidden states before the projector, `(n, tokens, dim * layers)`.
     pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let up_to = self.layers.iter().copied().max().unwrap_or(0);
-        let states = self.vision_tower.hidden_states(pixel_values, up_to)?;
-        let picked = self
-            .layers
-            .iter()
-            .map(|&i| {
-                let s = states.get(i).ok_or_else(|| {
-                    Error::Config(format!("vision hidden state {i} was not computed"))
-                })?;
-                Ok(match self.select {
-                    FeatureSelect::Default => s.narrow(1, 1, s.dim(1)? - 1)?,
-                    FeatureSelect::Full => s.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&picked, D::Minus1)?)
+        select_vision_features(&self.vision_tower, pixel_values, &self.layers, self.select)
     }
 
     /// Projected image features `(n, tokens, text_hidden)` for pixels `(n, 3, h, w)`.
