@@ -44,6 +44,7 @@ impl ModelSource {
 /// Fetches files of one checkpoint, locally or through the Hub cache.
 pub(crate) enum Fetcher {
     Local(PathBuf),
+    #[cfg(feature = "hub")]
     Hub {
         label: String,
         api: Option<Box<hf_hub::api::sync::ApiRepo>>,
@@ -63,6 +64,14 @@ impl Fetcher {
                 }
                 Ok(Self::Local(dir.clone()))
             }
+            #[cfg(not(feature = "hub"))]
+            ModelSource::Hub { repo, revision } => Err(Error::Hub {
+                repo: format!("{repo}@{revision}"),
+                message: "this build has no Hub support (the `hub` feature is off); pass a local \
+                          folder"
+                    .into(),
+            }),
+            #[cfg(feature = "hub")]
             ModelSource::Hub { repo, revision } => {
                 let label = format!("{repo}@{revision}");
                 let hf_repo = hf_hub::Repo::with_revision(
@@ -105,6 +114,7 @@ impl Fetcher {
     pub(crate) fn location(&self) -> String {
         match self {
             Self::Local(d) => d.display().to_string(),
+            #[cfg(feature = "hub")]
             Self::Hub { label, .. } => format!("Hub repository {label}"),
         }
     }
@@ -116,6 +126,7 @@ impl Fetcher {
                 let p = dir.join(file);
                 Ok(p.is_file().then_some(p))
             }
+            #[cfg(feature = "hub")]
             Self::Hub { label, api, cache } => {
                 if let Some(p) = cache.get(file) {
                     return Ok(Some(p));
