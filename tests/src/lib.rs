@@ -75,6 +75,45 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     Ok(d)
 }
 
+/// Checks one reference case end to end: whole-prompt logits within `tol` (max abs diff, which
+/// is returned and printed with `--nocapture`), and greedy ids equal to the reference's, both
+/// stopping at EOS (`greedy_ids`) and with EOS ignored (`greedy_ids_noeos`).
+pub fn check_logits_and_greedy(
+    vlm: &vlm::Vlm,
+    prepared: &vlm::Prepared,
+    reference: &Reference,
+    case: usize,
+    max_new_tokens: usize,
+    tol: f32,
+    what: &str,
+) -> Result<f32> {
+    let logits = vlm.prompt_logits(prepared)?;
+    let d = max_abs_diff(&logits, reference.tensor(case, "logits")?)?;
+    eprintln!("{what}: logits max abs diff {d:.2e}");
+    anyhow::ensure!(d <= tol, "{what}: logits differ by {d} (tolerance {tol})");
+    let params = vlm::GenerateParams {
+        max_new_tokens,
+        ..vlm::GenerateParams::default()
+    };
+    let greedy = vlm.generate_prepared(prepared, &params, |_| true)?;
+    anyhow::ensure!(
+        greedy.token_ids == reference.ids(case, "greedy_ids")?,
+        "{what}: greedy ids {:?} differ from the reference",
+        greedy.token_ids
+    );
+    let params = vlm::GenerateParams {
+        ignore_eos: true,
+        ..params
+    };
+    let noeos = vlm.generate_prepared(prepared, &params, |_| true)?;
+    anyhow::ensure!(
+        noeos.token_ids == reference.ids(case, "greedy_ids_noeos")?,
+        "{what}: greedy ids with EOS ignored {:?} differ from the reference",
+        noeos.token_ids
+    );
+    Ok(d)
+}
+
 /// Cosine similarity of two same-shaped tensors, flattened (compared in f32).
 pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f32> {
     let a = a.to_dtype(candle_core::DType::F32)?.flatten_all()?;

@@ -6,8 +6,8 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{Context, Result};
-use vlm::{GenerateParams, LoadOptions, ModelSource, Request, Vlm};
-use vlm_tests::{cosine, fixtures, max_abs_diff, messages, Reference};
+use vlm::{LoadOptions, ModelSource, Request, Vlm};
+use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, messages, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -79,32 +79,15 @@ fn check_model(name: &str) -> Result<()> {
             "{name} case {n}: projector output differs by {d}"
         );
 
-        let logits = vlm.prompt_logits(&prepared)?;
-        let d = max_abs_diff(&logits, reference.tensor(n, "logits")?)?;
-        // Reported so the margins to the tolerances are visible (`--nocapture`).
-        eprintln!("{name} case {n}: logits max abs diff {d:.2e}");
-        assert!(d <= LOGIT_TOL, "{name} case {n}: logits differ by {d}");
-
-        let params = GenerateParams {
-            max_new_tokens: 12,
-            ..GenerateParams::default()
-        };
-        let greedy = vlm.generate_prepared(&prepared, &params, |_| true)?;
-        assert_eq!(
-            greedy.token_ids,
-            reference.ids(n, "greedy_ids")?,
-            "{name} case {n}: greedy ids (stopping on EOS)"
-        );
-        let params = GenerateParams {
-            ignore_eos: true,
-            ..params
-        };
-        let noeos = vlm.generate_prepared(&prepared, &params, |_| true)?;
-        assert_eq!(
-            noeos.token_ids,
-            reference.ids(n, "greedy_ids_noeos")?,
-            "{name} case {n}: greedy ids (EOS ignored)"
-        );
+        check_logits_and_greedy(
+            &vlm,
+            &prepared,
+            &reference,
+            n,
+            12,
+            LOGIT_TOL,
+            &format!("{name} case {n}"),
+        )?;
     }
     Ok(())
 }

@@ -10,8 +10,8 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use serde_json::Value;
-use vlm::{GenerateParams, LoadOptions, ModelSource, Request, Video, Vlm};
-use vlm_tests::{cosine, fixtures, max_abs_diff, messages, Reference};
+use vlm::{LoadOptions, ModelSource, Request, Video, Vlm};
+use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, messages, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -183,35 +183,7 @@ fn check_model(name: &str) -> Result<()> {
         let delta = reference.tensor(n, "rope_delta")?.to_vec1::<i64>()?;
         assert_eq!(vec![positions.delta], delta, "{what}: rope delta");
 
-        let logits = vlm.prompt_logits(&prepared)?;
-        let d = check_close(
-            &format!("{what}: logits"),
-            &logits,
-            reference.tensor(n, "logits")?,
-            LOGIT_TOL,
-        )?;
-        eprintln!("{what}: logits max abs diff {d:.2e}");
-
-        let params = GenerateParams {
-            max_new_tokens: 10,
-            ..GenerateParams::default()
-        };
-        let greedy = vlm.generate_prepared(&prepared, &params, |_| true)?;
-        assert_eq!(
-            greedy.token_ids,
-            reference.ids(n, "greedy_ids")?,
-            "{what}: greedy ids"
-        );
-        let params = GenerateParams {
-            ignore_eos: true,
-            ..params
-        };
-        let noeos = vlm.generate_prepared(&prepared, &params, |_| true)?;
-        assert_eq!(
-            noeos.token_ids,
-            reference.ids(n, "greedy_ids_noeos")?,
-            "{what}: greedy ids, EOS ignored"
-        );
+        check_logits_and_greedy(&vlm, &prepared, &reference, n, 10, LOGIT_TOL, &what)?;
     }
     Ok(())
 }

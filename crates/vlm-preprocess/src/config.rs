@@ -79,44 +79,55 @@ impl ImageProcessorConfig {
     /// `"image_processor"` entry of `processor_config.json` if present, else
     /// `preprocessor_config.json`. The error lists both files when neither provides one.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let nested = dir.join(PROCESSOR_CONFIG_FILE);
-        let flat = dir.join(PREPROCESSOR_CONFIG_FILE);
-        if nested.is_file() {
-            let value: Value = read_json(&nested)?;
-            if let Some(entry) = value.get("image_processor") {
-                return serde_json::from_value(entry.clone()).map_err(|source| {
-                    PreprocessError::ConfigJson {
-                        origin: format!("{} (key \"image_processor\")", nested.display()),
-                        source,
-                    }
-                });
-            }
-        }
-        if flat.is_file() {
-            return read_json(&flat);
-        }
-        Err(PreprocessError::ConfigNotFound {
-            dir: dir.to_path_buf(),
-            looked_for: vec![nested, flat],
-        })
+        image_processor_from_dir(dir)
     }
 
     /// Reads one config file: a flat `preprocessor_config.json`, or a `processor_config.json`
     /// holding an `"image_processor"` entry.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let value: Value = read_json(path)?;
-        let entry = match value.get("image_processor") {
-            Some(entry) => entry.clone(),
-            None => value,
-        };
-        serde_json::from_value(entry).map_err(|source| PreprocessError::ConfigJson {
-            origin: path.display().to_string(),
-            source,
-        })
+        image_processor_from_file(path)
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+/// Any image processor config of a model directory, found as transformers 5 finds it: the
+/// `"image_processor"` entry of `processor_config.json` if present, else
+/// `preprocessor_config.json`; the error lists both files when neither provides one.
+pub(crate) fn image_processor_from_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
+    let nested = dir.join(PROCESSOR_CONFIG_FILE);
+    let flat = dir.join(PREPROCESSOR_CONFIG_FILE);
+    if nested.is_file() {
+        let value: Value = read_json(&nested)?;
+        if let Some(entry) = value.get("image_processor") {
+            return serde_json::from_value(entry.clone()).map_err(|source| {
+                PreprocessError::ConfigJson {
+                    origin: format!("{} (key \"image_processor\")", nested.display()),
+                    source,
+                }
+            });
+        }
+    }
+    if flat.is_file() {
+        return read_json(&flat);
+    }
+    Err(PreprocessError::ConfigNotFound {
+        dir: dir.to_path_buf(),
+        looked_for: vec![nested, flat],
+    })
+}
+
+/// One config file: a flat `preprocessor_config.json`, or a `processor_config.json` holding an
+/// `"image_processor"` entry.
+pub(crate) fn image_processor_from_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let value: Value = read_json(path)?;
+    let entry = value.get("image_processor").cloned().unwrap_or(value);
+    serde_json::from_value(entry).map_err(|source| PreprocessError::ConfigJson {
+        origin: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads and parses a JSON file, naming it in errors.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::Io {
         path: path.to_path_buf(),
         source,

@@ -6,9 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{
-    Extent, ImageProcessorConfig, PREPROCESSOR_CONFIG_FILE, PROCESSOR_CONFIG_FILE,
-};
+use crate::config::{Extent, ImageProcessorConfig};
 use crate::error::{PreprocessError, Result};
 use crate::processor::{OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 
@@ -125,49 +123,14 @@ impl AnyresConfig {
     /// The image processor config of a model directory: `processor_config.json`'s
     /// `"image_processor"` entry, else `preprocessor_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let nested = dir.join(PROCESSOR_CONFIG_FILE);
-        let flat = dir.join(PREPROCESSOR_CONFIG_FILE);
-        if nested.is_file() {
-            let value: Value = read_json(&nested)?;
-            if let Some(entry) = value.get("image_processor") {
-                return serde_json::from_value(entry.clone()).map_err(|source| {
-                    PreprocessError::ConfigJson {
-                        origin: format!("{} (key \"image_processor\")", nested.display()),
-                        source,
-                    }
-                });
-            }
-        }
-        if flat.is_file() {
-            return read_json(&flat);
-        }
-        Err(PreprocessError::ConfigNotFound {
-            dir: dir.to_path_buf(),
-            looked_for: vec![nested, flat],
-        })
+        crate::config::image_processor_from_dir(dir)
     }
 
     /// Reads one file: a flat `preprocessor_config.json`, or a `processor_config.json` holding
     /// an `"image_processor"` entry.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let value: Value = read_json(path)?;
-        let entry = value.get("image_processor").cloned().unwrap_or(value);
-        serde_json::from_value(entry).map_err(|source| PreprocessError::ConfigJson {
-            origin: path.display().to_string(),
-            source,
-        })
+        crate::config::image_processor_from_file(path)
     }
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| PreprocessError::ConfigJson {
-        origin: path.display().to_string(),
-        source,
-    })
 }
 
 /// Parses `image_grid_pinpoints`: a non-empty list of `[height, width]` pairs of positive

@@ -15,7 +15,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{parse_triplet, Resample, PREPROCESSOR_CONFIG_FILE, PROCESSOR_CONFIG_FILE};
+use crate::config::{
+    parse_triplet, read_json, Resample, PREPROCESSOR_CONFIG_FILE, PROCESSOR_CONFIG_FILE,
+};
 use crate::error::{PreprocessError, Result};
 use crate::processor::{OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 use crate::qwen2vl::smart_resize::check_pixel_bounds;
@@ -164,17 +166,6 @@ fn from_dir(dir: &Path, entry: Entry) -> Result<Qwen2VlConfig> {
     Err(PreprocessError::ConfigNotFound {
         dir: dir.to_path_buf(),
         looked_for,
-    })
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| PreprocessError::ConfigJson {
-        origin: path.display().to_string(),
-        source,
     })
 }
 
