@@ -147,6 +147,8 @@ impl<'a> Generator<'a> {
         };
 
         let t = Instant::now();
+        // Positions first: for Qwen2-VL they check placeholder runs before the vision tower.
+        let positions = vlm.model().prompt_positions(prepared)?;
         let embeds = vlm.embed(prepared)?;
         device.synchronize()?;
         timings.vision = ms(t);
@@ -154,7 +156,7 @@ impl<'a> Generator<'a> {
         let t = Instant::now();
         let mut cache = decoder.new_cache();
         let n_prompt = prepared.input_ids.len();
-        let (hidden, positions) = vlm.prefill(prepared, &embeds, &mut cache)?;
+        let hidden = vlm.prefill(&positions, &embeds, &mut cache)?;
         let mut logits = self.last_logits(&hidden)?;
         timings.prefill = ms(t);
 

@@ -34,6 +34,7 @@
 mod error;
 mod generate;
 pub mod manifest;
+mod media;
 mod model;
 mod pipeline;
 mod sampling;

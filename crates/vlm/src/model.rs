@@ -246,10 +246,6 @@ impl Model {
 
     /// Input embeddings `(1, s, hidden)` of a prepared request, media features spliced in.
     pub(crate) fn embed(&self, prepared: &crate::Prepared, dtype: DType) -> Result<Tensor> {
-        if let Self::Qwen2Vl(_) = self {
-            // Checks every placeholder run against its grid before the vision tower runs.
-            self.prompt_positions(prepared)?;
-        }
         let images = self.image_features(prepared, dtype)?;
         let videos = self.video_features(prepared, dtype)?;
         let ids = &prepared.input_ids;

@@ -8,19 +8,17 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::nn::{KvCache, Quantization};
 use vlm_core::text::QuantizeReport;
-use vlm_preprocess::anyres::AnyresImageProcessor;
-use vlm_preprocess::idefics3::{Idefics3ImageProcessor, Idefics3Tiles};
+use vlm_preprocess::idefics3::Idefics3ImageProcessor;
 use vlm_preprocess::image::RgbImage;
-use vlm_preprocess::qwen2vl::{
-    FrameSampling, Patches, Qwen2VlImageProcessor, Qwen2VlVideoProcessor,
-};
-use vlm_preprocess::{DecodeLimits, ImageProcessor, ImageProcessorConfig, Video, VideoLimits};
+use vlm_preprocess::qwen2vl::{FrameSampling, Qwen2VlImageProcessor, Qwen2VlVideoProcessor};
+use vlm_preprocess::{DecodeLimits, ImageProcessor, Video, VideoLimits};
 use vlm_prompt::{
     expand_idefics3_prompt, expand_image_tokens, expand_video_tokens, ChatTemplate, ChatTemplates,
-    Idefics3PromptTokens, Message, SpecialTokens, TemplateContext, Tokenizer,
+    Message, SpecialTokens, TemplateContext, Tokenizer,
 };
 
 use crate::generate::{GenerateParams, Generation, Generator, TokenEvent};
+use crate::media::{load_processor, stack_patches, stack_tiles, Processor};
 use crate::model::{Model, ModelConfig, Positions};
 use crate::source::{read_json, Fetcher, ModelSource};
 use crate::{weights, Error, Result};
@@ -155,25 +153,6 @@ pub struct Prepared {
     /// Seconds per temporal patch of each video (`temporal_patch_size / fps`; Qwen2.5-VL
     /// spaces video positions by it).
     pub video_seconds_per_grid: Vec<Option<f32>>,
-}
-
-/// The image and video preprocessing of a checkpoint.
-#[derive(Debug, Clone)]
-enum Processor {
-    /// Fixed-resolution models (LLaVA): one pixel tensor per image.
-    Fixed(ImageProcessor),
-    /// Qwen2-VL: images and videos to flattened patches and grids.
-    Qwen {
-        image: Qwen2VlImageProcessor,
-        video: Qwen2VlVideoProcessor,
-    },
-    /// LLaVA-NeXT / OneVision: a base view plus tiles of the best-fitting resolution.
-    Anyres(AnyresImageProcessor),
-    /// Idefics3: tiles plus a global view per image; the prompt is expanded as text.
-    Idefics3 {
-        image: Idefics3ImageProcessor,
-        tokens: Idefics3PromptTokens,
-    },
 }
 
 /// A loaded vision-language model, ready to answer requests. Stateless between calls: every
@@ -531,29 +510,31 @@ impl Vlm {
 
     /// Logits `(seq, vocab)` in f32 for every prompt position (one forward, fresh cache).
     pub fn prompt_logits(&self, prepared: &Prepared) -> Result<Tensor> {
+        // Positions first: for Qwen2-VL they check the placeholder runs against the grids
+        // before the vision tower runs.
+        let positions = self.model.prompt_positions(prepared)?;
         let embeds = self.embed(prepared)?;
         let decoder = self.model.decoder();
         let mut cache = decoder.new_cache();
-        let (hidden, _) = self.prefill(prepared, &embeds, &mut cache)?;
+        let hidden = self.prefill(&positions, &embeds, &mut cache)?;
         Ok(decoder.logits(&hidden)?.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
-    /// Runs prompt embeddings `(1, s, h)` into an empty `cache` at the prompt's positions and
-    /// returns the final hidden states and the positions (for the decoding steps).
+    /// Runs prompt embeddings `(1, s, h)` into an empty `cache` at `positions` (from
+    /// [`Model::prompt_positions`]) and returns the final hidden states.
     pub(crate) fn prefill(
         &self,
-        prepared: &Prepared,
+        positions: &Positions,
         embeds: &Tensor,
         cache: &mut KvCache,
-    ) -> Result<(Tensor, Positions)> {
-        let positions = self.model.prompt_positions(prepared)?;
+    ) -> Result<Tensor> {
         let n = embeds.dim(1)?;
         let tensor = positions.prompt_tensor(n, &self.device)?;
         let hidden = self
             .model
             .decoder()
             .forward_embeds(embeds, &tensor, cache)?;
-        Ok((hidden, positions))
+        Ok(hidden)
     }
 
     /// Generates an answer, calling `on_token` for every new token (return `false` to stop).
@@ -581,95 +562,6 @@ impl Vlm {
     pub(crate) fn device(&self) -> &Device {
         &self.device
     }
-}
-
-/// Concatenates the flattened patches of several images (or videos) into one
-/// `(patches, patch_dim)` tensor, with their grids; `None` when there are none.
-fn stack_patches<'a>(
-    items: impl IntoIterator<Item = &'a Patches>,
-    device: &Device,
-) -> Result<(Option<Tensor>, Vec<[usize; 3]>)> {
-    let mut data = Vec::new();
-    let mut grids = Vec::new();
-    let mut patch_dim = 0;
-    for p in items {
-        patch_dim = p.patch_dim;
-        grids.push(p.grid_thw);
-        data.extend_from_slice(&p.data);
-    }
-    if grids.is_empty() {
-        return Ok((None, grids));
-    }
-    let rows = data.len() / patch_dim.max(1);
-    Ok((
-        Some(Tensor::from_vec(data, (rows, patch_dim), device)?),
-        grids,
-    ))
-}
-
-/// All tiles of all images as `(tiles, 3, h, w)` pixel values and the `(tiles, h, w)` mask.
-fn stack_tiles(tiles: &[Idefics3Tiles], device: &Device, into: &mut Prepared) -> Result<()> {
-    let Some(first) = tiles.first() else {
-        return Ok(());
-    };
-    let [_, c, h, w] = first.shape;
-    let mut pixels = Vec::new();
-    let mut mask = Vec::new();
-    let mut n = 0;
-    for t in tiles {
-        pixels.extend_from_slice(&t.pixel_values);
-        mask.extend_from_slice(&t.pixel_attention_mask);
-        n += t.n_tiles();
-    }
-    into.pixel_values = Some(Tensor::from_vec(pixels, (n, c, h, w), device)?);
-    into.pixel_attention_mask = Some(Tensor::from_vec(mask, (n, h, w), device)?);
-    Ok(())
-}
-
-/// The processor matching the architecture, with the caller's pixel budget applied.
-fn load_processor(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    dir: &Path,
-    options: &LoadOptions,
-) -> Result<Processor> {
-    if model.tokens_per_image().is_some() {
-        return Ok(Processor::Fixed(ImageProcessor::from_config(
-            &ImageProcessorConfig::from_dir(dir)?,
-        )?));
-    }
-    if let Model::LlavaNext(_) = model {
-        return Ok(Processor::Anyres(AnyresImageProcessor::from_dir(dir)?));
-    }
-    if let Model::Idefics3(_) = model {
-        let mut image = Idefics3ImageProcessor::from_dir(dir)?;
-        if let Some(split) = options.image_splitting {
-            image = image.with_image_splitting(split);
-        }
-        return Ok(Processor::Idefics3 {
-            image,
-            tokens: Idefics3PromptTokens::from_dir(dir, tokenizer)?,
-        });
-    }
-    let mut image = Qwen2VlImageProcessor::from_dir(dir)?;
-    if options.min_pixels.is_some() || options.max_pixels.is_some() {
-        let min = options.min_pixels.unwrap_or(image.min_pixels());
-        let max = options.max_pixels.unwrap_or(image.max_pixels());
-        image = image.with_pixel_bounds(min, max)?;
-    }
-    let mut video = Qwen2VlVideoProcessor::from_dir(dir)?;
-    if options.video_min_pixels.is_some() || options.video_max_pixels.is_some() {
-        let min = options.video_min_pixels.unwrap_or(video.min_pixels());
-        let max = options.video_max_pixels.unwrap_or(video.max_pixels());
-        video = video.with_pixel_bounds(min, max)?;
-    }
-    if let Some(sampling) = options.video_sampling {
-        video = video.with_sampling(sampling);
-    }
-    if options.max_video_tokens.is_some() {
-        video = video.with_video_token_budget(options.max_video_tokens);
-    }
-    Ok(Processor::Qwen { image, video })
 }
 
 fn checkpoint_dtype(config: &Value) -> Option<DType> {
