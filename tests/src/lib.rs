@@ -114,6 +114,39 @@ pub fn check_logits_and_greedy(
     Ok(d)
 }
 
+/// The request of a reference case: its messages, its images (file names, or objects with a
+/// `file`, under `reference/images`) and its videos (`{"frames": [...], "fps": ...}`).
+pub fn request(vlm: &vlm::Vlm, case: &Value) -> Result<vlm::Request> {
+    let dir = fixtures().join("reference/images");
+    let images = case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .map(|img| {
+            let file = img
+                .as_str()
+                .or_else(|| img["file"].as_str())
+                .context("image file")?;
+            Ok(vlm.load_image(dir.join(file))?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut videos = Vec::new();
+    for v in case["videos"].as_array().into_iter().flatten() {
+        let frames: Vec<_> = v["frames"]
+            .as_array()
+            .context("frames")?
+            .iter()
+            .map(|f| dir.join(f.as_str().unwrap_or_default()))
+            .collect();
+        videos.push(vlm.load_video(&frames, v["fps"].as_f64())?);
+    }
+    Ok(vlm::Request {
+        messages: messages(&case["messages"])?,
+        images,
+        videos,
+    })
+}
+
 /// Cosine similarity of two same-shaped tensors, flattened (compared in f32).
 pub fn cosine(a: &Tensor, b: &Tensor) -> Result<f32> {
     let a = a.to_dtype(candle_core::DType::F32)?.flatten_all()?;

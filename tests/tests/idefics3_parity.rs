@@ -11,9 +11,8 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use serde_json::Value;
 use vlm::{LoadOptions, Message, ModelSource, Request, Vlm};
-use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, messages, Reference};
+use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, request, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -23,25 +22,6 @@ const NAME: &str = "idefics3-tiny";
 fn load(name: &str) -> Result<Vlm> {
     let source = ModelSource::Local(fixtures().join(name));
     Ok(Vlm::load(&source, &LoadOptions::default())?)
-}
-
-fn request(vlm: &Vlm, case: &Value) -> Result<Request> {
-    let images = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|f| {
-            let path = fixtures()
-                .join("reference/images")
-                .join(f.as_str().unwrap_or_default());
-            Ok(vlm.load_image(path)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Request {
-        messages: messages(&case["messages"])?,
-        images,
-        ..Request::default()
-    })
 }
 
 #[test]

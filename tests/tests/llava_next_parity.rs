@@ -9,9 +9,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use serde_json::Value;
 use vlm::{LoadOptions, ModelSource, Request, Vlm};
-use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, messages, Reference};
+use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, request, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -22,23 +21,6 @@ fn load(name: &str) -> Result<Vlm> {
         &ModelSource::Local(fixtures().join(name)),
         &LoadOptions::default(),
     )?)
-}
-
-fn request(vlm: &Vlm, case: &Value) -> Result<Request> {
-    let images = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|img| {
-            let file = img["file"].as_str().context("file")?;
-            Ok(vlm.load_image(fixtures().join("reference/images").join(file))?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Request {
-        messages: messages(&case["messages"])?,
-        images,
-        ..Request::default()
-    })
 }
 
 fn check_model(name: &str) -> Result<()> {

@@ -6,8 +6,8 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::{Context, Result};
-use vlm::{LoadOptions, ModelSource, Request, Vlm};
-use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, messages, Reference};
+use vlm::{LoadOptions, ModelSource, Vlm};
+use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, request, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -16,25 +16,6 @@ const LOGIT_TOL: f32 = 1e-4;
 fn load(name: &str) -> Result<Vlm> {
     let source = ModelSource::Local(fixtures().join(name));
     Ok(Vlm::load(&source, &LoadOptions::default())?)
-}
-
-fn request(vlm: &Vlm, case: &serde_json::Value) -> Result<Request> {
-    let images = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|f| {
-            let path = fixtures()
-                .join("reference/images")
-                .join(f.as_str().unwrap_or_default());
-            Ok(vlm.load_image(path)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Request {
-        messages: messages(&case["messages"])?,
-        images,
-        ..Request::default()
-    })
 }
 
 fn check_model(name: &str) -> Result<()> {

@@ -11,9 +11,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor, D};
-use serde_json::Value;
 use vlm::{LoadOptions, ModelSource, Quantization, Request, Vlm};
-use vlm_tests::{fixtures, messages, Reference};
+use vlm_tests::{fixtures, request, Reference};
 
 /// Positions whose f32 top-1 leads the top-2 by at least this (in log-probability) count for
 /// the agreement; closer calls are left to the KL bound.
@@ -22,36 +21,6 @@ const DECISIVE_GAP: f32 = 0.1;
 const MIN_TOP1_AGREEMENT: f64 = 0.97;
 /// Mean KL(f32 || q8_0) in nats must stay at or below this (measured 1.2e-4 to 1.4e-3).
 const MAX_MEAN_KL: f64 = 3e-3;
-
-fn request(vlm: &Vlm, case: &Value) -> Result<Request> {
-    let dir = fixtures().join("reference/images");
-    let images = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|f| Ok(vlm.load_image(dir.join(f.as_str().unwrap_or_default()))?))
-        .collect::<Result<Vec<_>>>()?;
-    let videos = match case["videos"].as_array() {
-        Some(vs) => vs
-            .iter()
-            .map(|v| {
-                let frames: Vec<_> = v["frames"]
-                    .as_array()
-                    .context("frames")?
-                    .iter()
-                    .map(|f| dir.join(f.as_str().unwrap_or_default()))
-                    .collect();
-                Ok(vlm.load_video(&frames, v["fps"].as_f64())?)
-            })
-            .collect::<Result<Vec<_>>>()?,
-        None => Vec::new(),
-    };
-    Ok(Request {
-        messages: messages(&case["messages"])?,
-        images,
-        videos,
-    })
-}
 
 fn log_softmax(logits: &Tensor) -> Result<Tensor> {
     let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;

@@ -9,9 +9,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
-use serde_json::Value;
-use vlm::{LoadOptions, ModelSource, Request, Video, Vlm};
-use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, messages, Reference};
+use vlm::{LoadOptions, ModelSource, Vlm};
+use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, request, Reference};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -22,38 +21,6 @@ const MODELS: [&str; 2] = ["qwen2-vl-tiny", "qwen2.5-vl-tiny"];
 fn load(name: &str) -> Result<Vlm> {
     let source = ModelSource::Local(fixtures().join(name));
     Ok(Vlm::load(&source, &LoadOptions::default())?)
-}
-
-fn image_path(name: &str) -> std::path::PathBuf {
-    fixtures().join("reference/images").join(name)
-}
-
-fn request(vlm: &Vlm, case: &Value) -> Result<Request> {
-    let images = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|f| Ok(vlm.load_image(image_path(f.as_str().unwrap_or_default()))?))
-        .collect::<Result<Vec<_>>>()?;
-    let videos = case["videos"]
-        .as_array()
-        .context("videos")?
-        .iter()
-        .map(|v| {
-            let frames: Vec<_> = v["frames"]
-                .as_array()
-                .context("frames")?
-                .iter()
-                .map(|f| image_path(f.as_str().unwrap_or_default()))
-                .collect();
-            Ok(vlm.load_video(&frames, v["fps"].as_f64())?)
-        })
-        .collect::<Result<Vec<Video>>>()?;
-    Ok(Request {
-        messages: messages(&case["messages"])?,
-        images,
-        videos,
-    })
 }
 
 fn grids(reference: &Reference, n: usize, name: &str) -> Result<Vec<[usize; 3]>> {
