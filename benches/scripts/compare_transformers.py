@@ -41,11 +41,12 @@ def run_ours(args, image):
     if not exe.exists():
         sys.exit(f"{exe} not found: run `cargo build --release -p vlm-benches` first")
     cmd = [str(exe), "--model", str(args.model), "--image", str(image), "--prompt", PROMPT,
-           "--dtype", args.dtype, "--new-tokens", str(args.new_tokens), "--runs", str(args.runs), "--json"]
+           "--dtype", args.dtype, "--quant", args.quant, "--new-tokens", str(args.new_tokens),
+           "--runs", str(args.runs), "--json"]
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     print(out[: out.index("[")].rstrip() if "[" in out else out)
-    return {r["dtype"]: r for r in json.loads(out[out.index("[") :])}
+    return json.loads(out[out.index("[") :])
 
 
 def run_transformers(args, image, dtype_name):
@@ -109,6 +110,8 @@ def main():
     ap.add_argument("--image", required=True, type=Path)
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--quant", default="none", help="our quantizations (none,q8_0,q4k); each is "
+                    "compared with transformers in the same dtype, unquantized")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -119,15 +122,21 @@ def main():
     tmp = Path(tempfile.mkdtemp()) / "bench.png"
     Image.open(args.image).convert("RGB").resize((args.size, args.size), Image.BICUBIC).save(tmp)
     ours = run_ours(args, tmp)
-    print("\n| dtype | metric | ours | transformers | ratio |\n|---|---|---|---|---|")
-    for name in args.dtype.split(","):
-        theirs = run_transformers(args, tmp, name)
+    theirs = {name: run_transformers(args, tmp, name) for name in args.dtype.split(",")}
+    print("\n| ours | transformers | metric | ours | transformers | ratio |\n|---|---|---|---|---|---|")
+    for row in ours:
+        name, quant = row["dtype"], row["quant"]
+        base = theirs[name]
+        label = name if quant == "none" else f"{name} + {quant}"
         for key, better in [("vision_ms_per_image", "lower"), ("ttft_ms", "lower"),
                             ("prefill_tok_s", "higher"), ("decode_tok_s", "higher")]:
-            a, b = ours[name][key], theirs[key]
+            a, b = row[key], base[key]
             ratio = a / b if better == "higher" else b / a
-            print(f"| {name} | {key} | {a:.2f} | {b:.2f} | {ratio:.2f}x |")
-        print(f"| {name} | prompt tokens | {ours[name]['prompt_tokens']} | {theirs['prompt_tokens']} | |")
+            print(f"| {label} | {name} | {key} | {a:.2f} | {b:.2f} | {ratio:.2f}x |")
+        print(f"| {label} | {name} | prompt tokens | {row['prompt_tokens']} | {base['prompt_tokens']} | |")
+        if row.get("peak_rss_mb") and row.get("weights_mb"):
+            print(f"| {label} | | peak RSS MB (weights MB in {name}) | {row['peak_rss_mb']:.0f} "
+                  f"({row['weights_mb']:.0f}) | | {row['peak_rss_mb'] / row['weights_mb']:.2f}x weights |")
     print("\nratio: how many times faster we are (>1 = faster), per metric")
 
 

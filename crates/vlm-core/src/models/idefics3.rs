@@ -133,7 +133,7 @@ impl Idefics3Connector {
         let (b, seq, d) = xs.dims3()?;
         let s = scale_factor;
         let side = (seq as f64).sqrt() as usize;
-        if s == 0 || side * side != seq || side % s != 0 {
+        if s == 0 || side * side != seq || !side.is_multiple_of(s) {
             return Err(Error::Shape(format!(
                 "pixel shuffle: expected a square grid of patches whose side is a multiple of \
                  scale_factor {s}, found {seq} patches"
@@ -174,7 +174,11 @@ impl Idefics3 {
     pub fn new(cfg: &Idefics3Config, vb: VarBuilder) -> Result<Self> {
         let mut text = cfg.text()?.resolve()?;
         text.tie_word_embeddings = cfg.tie_word_embeddings;
-        if cfg.scale_factor == 0 || cfg.vision_config.num_patches_per_side() % cfg.scale_factor != 0
+        if cfg.scale_factor == 0
+            || !cfg
+                .vision_config
+                .num_patches_per_side()
+                .is_multiple_of(cfg.scale_factor)
         {
             return Err(Error::Config(format!(
                 "scale_factor {} must divide the {} patches per side of the vision tower \

@@ -57,6 +57,12 @@ pub fn attention_gqa(
         candle_core::bail!("attention_gqa: {h} query heads is not {kv} key/value heads x {n_rep}");
     }
     let dtype = q.dtype();
+    if super::gemv::widen_on_cpu(q.device(), dtype) {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        let mask = mask.map(wide).transpose()?;
+        let out = attention_gqa(&wide(q)?, &wide(k)?, &wide(v)?, n_rep, mask.as_ref(), scale)?;
+        return out.to_dtype(dtype);
+    }
     let q = q.contiguous()?.reshape((b, kv, n_rep * s, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {
@@ -70,6 +76,9 @@ pub fn attention_gqa(
 
 /// `softmax(q k^T * scale + mask) v` with the softmax in f32, as transformers' eager path does.
 ///
+/// On CPU, bf16/f16 inputs are computed in f32 (candle's reduced-precision CPU matmul is slow) and
+/// the output is rounded back.
+///
 /// `q`: `(b, h, s, d)`, `k`/`v`: `(b, h, t, d)` (heads already repeated), `mask`: broadcastable to
 /// `(b, h, s, t)`.
 pub fn attention(
@@ -80,6 +89,11 @@ pub fn attention(
     scale: f64,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
+    if super::gemv::widen_on_cpu(q.device(), dtype) {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        let mask = mask.map(wide).transpose()?;
+        return attention(&wide(q)?, &wide(k)?, &wide(v)?, mask.as_ref(), scale)?.to_dtype(dtype);
+    }
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,

@@ -141,7 +141,7 @@ impl Module for Linear {
         // Fold every leading dimension into one so the matmul is a single GEMM against W^T.
         let flat = xs.reshape((rows, in_dim))?;
         let (ys, out_features) = match &self.weight {
-            Weight::Dense(w) => (flat.matmul(&w.t()?)?, w.dim(0)?),
+            Weight::Dense(w) => (dense_matmul(&flat, w)?, w.dim(0)?),
             Weight::Quantized {
                 matmul,
                 out_features,
@@ -162,6 +162,40 @@ impl Module for Linear {
         }
         ys.reshape(out_dims)
     }
+}
+
+/// Output rows of a reduced-precision weight widened to f32 at a time: small enough that the
+/// widened block stays in cache and no full f32 copy of the weight is ever allocated.
+const WIDEN_BLOCK_ROWS: usize = 2048;
+
+/// `x W^T` on the fastest path for the device, dtype and row count. On CPU: our streaming kernels
+/// for decode steps (f32, bf16, f16); for more rows in bf16/f16, candle's f32 GEMM on blocks of
+/// weight rows widened to f32 (its own bf16/f16 CPU GEMM is many times slower, and widening is
+/// exact; the products are rounded back once, as PyTorch's reduced-precision matmul does).
+/// Candle's matmul everywhere else.
+fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if let Some(y) = super::gemv::matmul_t(x, w)? {
+        return Ok(y);
+    }
+    if super::gemv::widen_on_cpu(x.device(), x.dtype()) {
+        let xf = x.to_dtype(DType::F32)?;
+        let out = w.dim(0)?;
+        let mut blocks = Vec::with_capacity(out.div_ceil(WIDEN_BLOCK_ROWS));
+        let mut start = 0;
+        while start < out {
+            let n = WIDEN_BLOCK_ROWS.min(out - start);
+            let wf = w.narrow(0, start, n)?.to_dtype(DType::F32)?;
+            blocks.push(xf.matmul(&wf.t()?)?);
+            start += n;
+        }
+        let y = if blocks.len() == 1 {
+            blocks.remove(0)
+        } else {
+            Tensor::cat(&blocks, 1)?
+        };
+        return y.to_dtype(x.dtype());
+    }
+    x.matmul(&w.t()?)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+mod gemv;
 mod kv_cache;
 mod linear;
 mod norm;

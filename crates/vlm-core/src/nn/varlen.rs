@@ -156,6 +156,10 @@ fn attend_chunked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, budget: usize)
 
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let dtype = q.dtype();
+    if super::gemv::widen_on_cpu(q.device(), dtype) {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32);
+        return attend(&wide(q)?, &wide(k)?, &wide(v)?, scale)?.to_dtype(dtype);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
     probs.matmul(v)

@@ -153,7 +153,7 @@ impl<D: Defaults> RawTextConfig<D> {
         let [vocab, hidden, inter, layers, heads] = D::SIZES;
         let heads = self.num_attention_heads.unwrap_or(heads);
         let hidden = self.hidden_size.unwrap_or(hidden);
-        if heads == 0 || hidden % heads != 0 && self.head_dim.is_none() {
+        if heads == 0 || !hidden.is_multiple_of(heads) && self.head_dim.is_none() {
             return Err(Error::Config(format!(
                 "text_config: hidden_size {hidden} is not divisible by num_attention_heads {heads}"
             )));

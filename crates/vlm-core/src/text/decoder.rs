@@ -246,26 +246,31 @@ impl Decoder {
     /// `kind`; embeddings and norms stay in float. Returns how many layers were quantized and
     /// how many had to stay dense (input width not a multiple of the block size).
     pub fn quantize(&mut self, kind: Quantization) -> Result<QuantizeReport> {
-        let mut report = QuantizeReport::default();
-        let mut q = |l: &mut Linear| -> Result<()> {
-            *l = l.quantized(kind)?;
-            match l.quantization() {
-                Some(_) => report.quantized += 1,
-                None => report.kept_dense += 1,
-            }
-            Ok(())
-        };
+        use rayon::prelude::*;
+        let mut linears: Vec<&mut Linear> = Vec::with_capacity(self.layers.len() * 7 + 1);
         for layer in self.layers.iter_mut() {
             let a = &mut layer.self_attn;
-            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                q(l)?;
-            }
+            linears.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
             let m = &mut layer.mlp;
-            for l in [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj] {
-                q(l)?;
+            linears.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+        }
+        linears.push(&mut self.lm_head);
+        // Block quantization is single-threaded per tensor; the layers are independent.
+        let quantized = linears
+            .into_par_iter()
+            .map(|l| -> Result<bool> {
+                *l = l.quantized(kind)?;
+                Ok(l.quantization().is_some())
+            })
+            .collect::<Result<Vec<bool>>>()?;
+        let mut report = QuantizeReport::default();
+        for q in quantized {
+            if q {
+                report.quantized += 1;
+            } else {
+                report.kept_dense += 1;
             }
         }
-        q(&mut self.lm_head)?;
         Ok(report)
     }
 

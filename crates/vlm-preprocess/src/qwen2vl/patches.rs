@@ -66,7 +66,7 @@ pub(crate) fn patchify(
             factor: factor as u32,
         });
     }
-    if temporal_patch_size == 0 || frames.len() % temporal_patch_size != 0 {
+    if temporal_patch_size == 0 || !frames.len().is_multiple_of(temporal_patch_size) {
         return Err(PreprocessError::InvalidArgument {
             name: "frames",
             expected: "a multiple of temporal_patch_size frames",

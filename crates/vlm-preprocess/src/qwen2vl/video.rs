@@ -310,7 +310,7 @@ impl Qwen2VlVideoProcessor {
         let t = self.temporal_patch_size();
         let mut refs: Vec<&PixelValues> = pixels.iter().collect();
         if let Some(&last) = refs.last() {
-            while refs.len() % t != 0 {
+            while !refs.len().is_multiple_of(t) {
                 refs.push(last);
             }
         }
