@@ -30,6 +30,16 @@ impl Tokenizer {
         Self::from_file(dir.as_ref().join("tokenizer.json"))
     }
 
+    /// Parses a `tokenizer.json` document held in memory; `origin` names it in errors.
+    pub fn from_json_bytes(bytes: &[u8], origin: impl AsRef<Path>) -> Result<Self> {
+        let inner =
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| PromptError::TokenizerLoad {
+                path: origin.as_ref().to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { inner })
+    }
+
     /// Wraps an already built [`tokenizers::Tokenizer`].
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         Self { inner }

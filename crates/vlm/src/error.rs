@@ -51,6 +51,14 @@ pub enum Error {
         /// What the parser reported.
         message: String,
     },
+    /// A GGUF file that cannot be used (unsupported architecture or tokenizer, bad metadata).
+    #[error("GGUF file {path}: {message}")]
+    Gguf {
+        /// The file.
+        path: String,
+        /// What was expected and what was found.
+        message: String,
+    },
     /// Building the model from its weights failed (missing tensor, wrong shape, ...).
     #[error("loading weights: {0}")]
     Weights(String),

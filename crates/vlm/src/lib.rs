@@ -33,6 +33,7 @@
 
 mod error;
 mod generate;
+pub mod gguf;
 pub mod manifest;
 mod media;
 mod model;
