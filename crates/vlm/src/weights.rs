@@ -1,11 +1,18 @@
-//! Opening safetensors checkpoints (single file or sharded, memory-mapped) and mapping the
-//! checkpoint's key layout onto the one the model code uses.
+//! Opening safetensors checkpoints (single file or sharded) and mapping the checkpoint's key
+//! layout onto the one the model code uses.
+//!
+//! Tensors are read with plain file reads, one at a time, not through a memory map: every weight
+//! is converted or copied into the model's own buffers anyway, and a map keeps the file's pages
+//! resident (and counted in the process's memory) until loading ends, which made peak memory
+//! the converted weights plus the whole file.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use crate::source::{read_json, Fetcher};
@@ -43,9 +50,9 @@ fn read_keys(files: &[PathBuf]) -> Result<BTreeSet<String>> {
             path: path.clone(),
             source,
         })?;
-        // SAFETY: the file is opened read-only and the map is dropped before we return; a
-        // concurrent writer could change what we read, but not break memory safety of a `&[u8]`
-        // any more than the `candle` loader that maps it again below.
+        // SAFETY: the file is opened read-only and the map is dropped before we return (only the
+        // header pages are touched); a concurrent writer could change what we read, but the
+        // parser only reads bytes and checks every offset against the map's length.
         #[allow(unsafe_code)]
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io {
             path: path.clone(),
@@ -143,7 +150,7 @@ fn canonical_to_stored(keys: &BTreeSet<String>, rules: &[PrefixRule]) -> HashMap
     map
 }
 
-/// A memory-mapped `VarBuilder` over `files`, in `dtype`, whose names are canonical.
+/// A `VarBuilder` over `files`, in `dtype`, whose names are canonical.
 pub(crate) fn var_builder(
     files: &[PathBuf],
     rules: &[PrefixRule],
@@ -152,25 +159,178 @@ pub(crate) fn var_builder(
 ) -> Result<VarBuilder<'static>> {
     let keys = read_keys(files)?;
     let map = Arc::new(canonical_to_stored(&keys, rules));
-    // SAFETY: as above; candle keeps the maps alive for the VarBuilder's lifetime.
-    #[allow(unsafe_code)]
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }
-        .map_err(|e| Error::Weights(format!("{} ({})", e, describe_files(files))))?;
+    let backend = FileTensors::open(files)?;
+    let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
     Ok(vb.rename_f(move |name: &str| map.get(name).cloned().unwrap_or_else(|| name.to_string())))
 }
 
-fn describe_files(files: &[PathBuf]) -> String {
-    files
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(Path::new)
-                .unwrap_or(p)
-                .display()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Where one tensor's bytes are.
+#[derive(Debug)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    len: usize,
+}
+
+/// Safetensors files read tensor by tensor with positioned reads.
+#[derive(Debug)]
+struct FileTensors {
+    files: Vec<(PathBuf, Mutex<std::fs::File>)>,
+    entries: HashMap<String, Entry>,
+}
+
+fn safetensors_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+impl FileTensors {
+    fn open(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut entries = HashMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let io = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            let bad = |message: String| Error::Safetensors {
+                path: path.clone(),
+                message,
+            };
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len).map_err(io)?;
+            let header_len = usize::try_from(u64::from_le_bytes(len))
+                .map_err(|_| bad("header length does not fit in memory".into()))?;
+            let mut header = vec![0u8; header_len];
+            file.read_exact(&mut header).map_err(io)?;
+            let header: serde_json::Value = serde_json::from_slice(&header)
+                .map_err(|e| bad(format!("header is not JSON: {e}")))?;
+            let obj = header
+                .as_object()
+                .ok_or_else(|| bad("header is not a JSON object".into()))?;
+            let data_start = 8 + header_len as u64;
+            for (name, info) in obj {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let field = |key: &str| {
+                    info.get(key)
+                        .ok_or_else(|| bad(format!("tensor `{name}` has no `{key}`")))
+                };
+                let dtype_name = field("dtype")?.as_str().unwrap_or("?");
+                let dtype = safetensors_dtype(dtype_name).ok_or_else(|| {
+                    bad(format!(
+                        "tensor `{name}` has dtype {dtype_name}, which candle cannot hold"
+                    ))
+                })?;
+                let numbers = |key: &str| -> Result<Vec<usize>> {
+                    field(key)?
+                        .as_array()
+                        .ok_or_else(|| bad(format!("tensor `{name}`: `{key}` is not a list")))?
+                        .iter()
+                        .map(|v| {
+                            v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                                bad(format!("tensor `{name}`: `{key}` holds a non-integer"))
+                            })
+                        })
+                        .collect()
+                };
+                let shape = numbers("shape")?;
+                let offsets = numbers("data_offsets")?;
+                let [begin, end] = offsets[..] else {
+                    return Err(bad(format!(
+                        "tensor `{name}`: data_offsets is not [begin, end]"
+                    )));
+                };
+                let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if end < begin || end - begin != want {
+                    return Err(bad(format!(
+                        "tensor `{name}`: {} bytes for shape {shape:?} in {dtype_name}, expected {want}",
+                        end.saturating_sub(begin)
+                    )));
+                }
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        file: index,
+                        dtype,
+                        shape,
+                        start: data_start + begin as u64,
+                        len: want,
+                    },
+                );
+            }
+            files.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(Self { files, entries })
+    }
+
+    fn read(&self, name: &str) -> candle_core::Result<Tensor> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()
+        })?;
+        let (path, file) = &self.files[entry.file];
+        let mut bytes = vec![0u8; entry.len];
+        {
+            let mut file = file
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("a weight reader panicked".into()))?;
+            file.seek(SeekFrom::Start(entry.start))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "reading `{name}` from {}: {e}",
+                        path.display()
+                    ))
+                })?;
+        }
+        Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)
+    }
+}
+
+impl SimpleBackend for FileTensors {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: t.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
 }
 
 #[cfg(test)]
