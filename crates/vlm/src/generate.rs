@@ -157,94 +157,138 @@ impl<'a> Generator<'a> {
         let mut cache = decoder.new_cache();
         let n_prompt = prepared.input_ids.len();
         let hidden = vlm.prefill(&positions, &embeds, &mut cache)?;
-        let mut logits = self.last_logits(&hidden)?;
+        let logits = self.last_logits(&hidden)?;
         timings.prefill = ms(t);
 
         let t = Instant::now();
-        let mut rng = Rng::new(params.sampling.seed);
-        let mut seen: Vec<u32> = prepared.input_ids.clone();
-        let mut out = Output::new(vlm, &params.stop_strings);
-        let mut token_ids = Vec::new();
-        let mut logprobs = Vec::new();
-        let mut finish = FinishReason::Length;
-        for step in 0..params.max_new_tokens {
-            let lp = params.logprobs.map(|_| sampling::log_softmax(&logits));
-            sampling::apply_repetition_penalty(
-                &mut logits,
-                &seen,
-                params.sampling.repetition_penalty,
-            );
-            let token = sampling::sample(&logits, &params.sampling, &mut rng);
-            token_ids.push(token);
-            seen.push(token);
-            let logprob = match (params.logprobs, lp) {
-                (Some(k), Some(lp)) => Some(TokenLogprob {
-                    token_id: token,
-                    logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                    top: sampling::top_k_pairs(&lp, k),
-                }),
-                _ => None,
-            };
-            if let Some(l) = &logprob {
-                logprobs.push(l.clone());
-            }
-            let is_eos = !params.ignore_eos && vlm.eos_token_ids().contains(&token);
-            let (text, hit_stop) = if is_eos {
-                (out.finish()?, false)
-            } else {
-                out.push(token)?
-            };
-            let keep_going = on_token(&TokenEvent {
-                token_id: token,
-                text,
-                logprob,
-            });
-            if is_eos {
-                finish = FinishReason::Eos;
-                break;
-            }
-            if hit_stop {
-                finish = FinishReason::StopString;
-                break;
-            }
-            if !keep_going {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if step + 1 == params.max_new_tokens {
-                break;
-            }
-            let pos = n_prompt + step;
-            if pos >= context {
-                break;
-            }
-            let ids = Tensor::new(&[[token]], device)?;
-            let emb = decoder.embed(&ids)?;
-            let step = positions.step_tensor(pos, device)?;
-            let hidden = decoder.forward_embeds(&emb, &step, &mut cache)?;
-            logits = self.last_logits(&hidden)?;
-        }
-        if finish == FinishReason::Length || finish == FinishReason::Cancelled {
-            let tail = out.finish()?;
-            if !tail.is_empty() {
-                on_token(&TokenEvent {
-                    token_id: token_ids.last().copied().unwrap_or(0),
-                    text: tail,
-                    logprob: None,
-                });
-            }
-        }
+        let decoded = decode_loop(
+            vlm.tokenizer(),
+            vlm.eos_token_ids(),
+            &prepared.input_ids,
+            context,
+            logits,
+            params,
+            |token, pos| {
+                let ids = Tensor::new(&[[token]], device)?;
+                let emb = decoder.embed(&ids)?;
+                let step = positions.step_tensor(pos, device)?;
+                let hidden = decoder.forward_embeds(&emb, &step, &mut cache)?;
+                self.last_logits(&hidden)
+            },
+            &mut on_token,
+        )?;
         device.synchronize()?;
         timings.decode = ms(t);
-        Ok(Generation {
-            text: out.text,
-            token_ids,
-            prompt_tokens: n_prompt,
-            logprobs,
-            finish_reason: finish,
-            timings,
-        })
+        Ok(decoded.into_generation(n_prompt, timings))
     }
+}
+
+/// What the decode loop produced.
+pub(crate) struct Decoded {
+    text: String,
+    token_ids: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    finish: FinishReason,
+}
+
+impl Decoded {
+    pub(crate) fn into_generation(self, prompt_tokens: usize, timings: Timings) -> Generation {
+        Generation {
+            text: self.text,
+            token_ids: self.token_ids,
+            prompt_tokens,
+            logprobs: self.logprobs,
+            finish_reason: self.finish,
+            timings,
+        }
+    }
+}
+
+/// Samples from `logits` (the prompt's last position), then asks `next(token, position)` for
+/// the logits after each new token, with the sampling, EOS, stop-string, cancellation and
+/// streaming rules every model shares. Stops at `max_new_tokens` or the `context` length.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_loop(
+    tokenizer: &vlm_prompt::Tokenizer,
+    eos_token_ids: &[u32],
+    prompt: &[u32],
+    context: usize,
+    mut logits: Vec<f32>,
+    params: &GenerateParams,
+    mut next: impl FnMut(u32, usize) -> Result<Vec<f32>>,
+    on_token: &mut impl FnMut(&TokenEvent) -> bool,
+) -> Result<Decoded> {
+    let mut rng = Rng::new(params.sampling.seed);
+    let mut seen: Vec<u32> = prompt.to_vec();
+    let mut out = Output::new(tokenizer, &params.stop_strings);
+    let mut token_ids = Vec::new();
+    let mut logprobs = Vec::new();
+    let mut finish = FinishReason::Length;
+    for step in 0..params.max_new_tokens {
+        let lp = params.logprobs.map(|_| sampling::log_softmax(&logits));
+        sampling::apply_repetition_penalty(&mut logits, &seen, params.sampling.repetition_penalty);
+        let token = sampling::sample(&logits, &params.sampling, &mut rng);
+        token_ids.push(token);
+        seen.push(token);
+        let logprob = match (params.logprobs, lp) {
+            (Some(k), Some(lp)) => Some(TokenLogprob {
+                token_id: token,
+                logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                top: sampling::top_k_pairs(&lp, k),
+            }),
+            _ => None,
+        };
+        if let Some(l) = &logprob {
+            logprobs.push(l.clone());
+        }
+        let is_eos = !params.ignore_eos && eos_token_ids.contains(&token);
+        let (text, hit_stop) = if is_eos {
+            (out.finish()?, false)
+        } else {
+            out.push(token)?
+        };
+        let keep_going = on_token(&TokenEvent {
+            token_id: token,
+            text,
+            logprob,
+        });
+        if is_eos {
+            finish = FinishReason::Eos;
+            break;
+        }
+        if hit_stop {
+            finish = FinishReason::StopString;
+            break;
+        }
+        if !keep_going {
+            finish = FinishReason::Cancelled;
+            break;
+        }
+        if step + 1 == params.max_new_tokens {
+            break;
+        }
+        let pos = prompt.len() + step;
+        if pos >= context {
+            break;
+        }
+        logits = next(token, pos)?;
+    }
+    if finish == FinishReason::Length || finish == FinishReason::Cancelled {
+        let tail = out.finish()?;
+        if !tail.is_empty() {
+            on_token(&TokenEvent {
+                token_id: token_ids.last().copied().unwrap_or(0),
+                text: tail,
+                logprob: None,
+            });
+        }
+    }
+    Ok(Decoded {
+        text: out.text,
+        token_ids,
+        logprobs,
+        finish,
+    })
 }
 
 fn ms(t: Instant) -> f64 {
@@ -262,9 +306,9 @@ struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    fn new(vlm: &'a Vlm, stops: &'a [String]) -> Self {
+    fn new(tokenizer: &'a vlm_prompt::Tokenizer, stops: &'a [String]) -> Self {
         Self {
-            stream: vlm.tokenizer().stream(true),
+            stream: tokenizer.stream(true),
             stops,
             text: String::new(),
             pending: String::new(),

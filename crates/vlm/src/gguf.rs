@@ -35,10 +35,7 @@ use vlm_core::nn::{Activation, Quantization, RopeScaling};
 use vlm_core::text::{Decoder, DecoderConfig, QuantizeReport};
 use vlm_prompt::{ChatTemplate, ContentPart, Message, SpecialTokens, TemplateContext, Tokenizer};
 
-use crate::generate::{
-    FinishReason, GenerateParams, Generation, Timings, TokenEvent, TokenLogprob,
-};
-use crate::sampling;
+use crate::generate::{GenerateParams, Generation, Timings, TokenEvent};
 use crate::{Error, Result};
 
 /// How to load a GGUF model.
@@ -557,87 +554,24 @@ impl GgufLlm {
         };
         let t = Instant::now();
         let mut cache = self.decoder.new_cache();
-        let mut logits = self.step(prompt, 0, &mut cache)?;
+        let logits = self.step(prompt, 0, &mut cache)?;
         device.synchronize()?;
         timings.prefill = t.elapsed().as_secs_f64() * 1e3;
 
         let t = Instant::now();
-        let mut rng = sampling::Rng::new(params.sampling.seed);
-        let mut seen = prompt.to_vec();
-        let mut stream = self.tokenizer.stream(true);
-        let (mut text, mut token_ids, mut logprobs) = (String::new(), Vec::new(), Vec::new());
-        let mut finish = FinishReason::Length;
-        for step in 0..params.max_new_tokens {
-            let lp = params.logprobs.map(|_| sampling::log_softmax(&logits));
-            sampling::apply_repetition_penalty(
-                &mut logits,
-                &seen,
-                params.sampling.repetition_penalty,
-            );
-            let token = sampling::sample(&logits, &params.sampling, &mut rng);
-            token_ids.push(token);
-            seen.push(token);
-            let logprob = match (params.logprobs, lp) {
-                (Some(k), Some(lp)) => Some(TokenLogprob {
-                    token_id: token,
-                    logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                    top: sampling::top_k_pairs(&lp, k),
-                }),
-                _ => None,
-            };
-            if let Some(l) = &logprob {
-                logprobs.push(l.clone());
-            }
-            let is_eos = !params.ignore_eos && self.eos.contains(&token);
-            let piece = if is_eos {
-                stream.finish()?
-            } else {
-                stream.push(token)?
-            };
-            let piece = piece.unwrap_or_default();
-            text.push_str(&piece);
-            let hit_stop = params
-                .stop_strings
-                .iter()
-                .any(|s| !s.is_empty() && text.contains(s.as_str()));
-            let keep_going = on_token(&TokenEvent {
-                token_id: token,
-                text: piece,
-                logprob,
-            });
-            if is_eos {
-                finish = FinishReason::Eos;
-                break;
-            }
-            if hit_stop {
-                finish = FinishReason::StopString;
-                break;
-            }
-            if !keep_going {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            let pos = prompt.len() + step;
-            if step + 1 == params.max_new_tokens || pos + 1 >= context {
-                break;
-            }
-            logits = self.step(&[token], pos, &mut cache)?;
-        }
-        if finish != FinishReason::Eos {
-            if let Some(tail) = stream.finish()? {
-                text.push_str(&tail);
-            }
-        }
+        let decoded = crate::generate::decode_loop(
+            &self.tokenizer,
+            &self.eos,
+            prompt,
+            context,
+            logits,
+            params,
+            |token, pos| self.step(&[token], pos, &mut cache),
+            &mut on_token,
+        )?;
         device.synchronize()?;
         timings.decode = t.elapsed().as_secs_f64() * 1e3;
-        Ok(Generation {
-            text,
-            token_ids,
-            prompt_tokens: prompt.len(),
-            logprobs,
-            finish_reason: finish,
-            timings,
-        })
+        Ok(decoded.into_generation(prompt.len(), timings))
     }
 }
 
