@@ -23,14 +23,20 @@
 //! # Ok::<(), vlm::Error>(())
 //! ```
 
+mod meta;
+mod tokenizer;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
+
+use meta::{gguf_error, Meta};
+use tokenizer::tokenizer_json;
 use vlm_core::nn::{Activation, Quantization, RopeScaling};
 use vlm_core::text::{Decoder, DecoderConfig, QuantizeReport};
 use vlm_prompt::{ChatTemplate, ContentPart, Message, SpecialTokens, TemplateContext, Tokenizer};
@@ -73,194 +79,6 @@ pub struct GgufLlm {
     tensor_types: Vec<(String, usize)>,
     quantize_report: Option<QuantizeReport>,
     load_ms: f64,
-}
-
-fn gguf_error(path: &Path, message: impl Into<String>) -> Error {
-    Error::Gguf {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
-}
-
-/// Typed access to the metadata, with errors that name the key and the file.
-struct Meta<'a> {
-    path: &'a Path,
-    map: &'a HashMap<String, Value>,
-}
-
-impl Meta<'_> {
-    fn get(&self, key: &str) -> Result<&Value> {
-        self.map
-            .get(key)
-            .ok_or_else(|| gguf_error(self.path, format!("missing metadata key `{key}`")))
-    }
-
-    fn usize(&self, key: &str) -> Result<usize> {
-        let v = self.get(key)?;
-        let n = v
-            .to_u64()
-            .or_else(|_| v.to_u32().map(u64::from))
-            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-            .map_err(|e| gguf_error(self.path, format!("`{key}`: expected an integer ({e})")))?;
-        usize::try_from(n).map_err(|_| gguf_error(self.path, format!("`{key}`: {n} is too large")))
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
-        match self.map.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .to_f32()
-                .map(f64::from)
-                .or_else(|_| v.to_f64())
-                .map_err(|e| gguf_error(self.path, format!("`{key}`: expected a float ({e})"))),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<Option<&str>> {
-        match self.map.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .to_string()
-                .map(|s| Some(s.as_str()))
-                .map_err(|e| gguf_error(self.path, format!("`{key}`: expected a string ({e})"))),
-        }
-    }
-
-    fn strings(&self, key: &str) -> Result<Vec<&str>> {
-        let items = self
-            .get(key)?
-            .to_vec()
-            .map_err(|e| gguf_error(self.path, format!("`{key}`: expected an array ({e})")))?;
-        items
-            .iter()
-            .map(|v| {
-                v.to_string()
-                    .map(String::as_str)
-                    .map_err(|e| gguf_error(self.path, format!("`{key}`: expected strings ({e})")))
-            })
-            .collect()
-    }
-
-    fn ints(&self, key: &str) -> Result<Vec<i64>> {
-        let items = self
-            .get(key)?
-            .to_vec()
-            .map_err(|e| gguf_error(self.path, format!("`{key}`: expected an array ({e})")))?;
-        items
-            .iter()
-            .map(|v| {
-                v.to_i32()
-                    .map(i64::from)
-                    .or_else(|_| v.to_u32().map(i64::from))
-                    .map_err(|e| gguf_error(self.path, format!("`{key}`: expected integers ({e})")))
-            })
-            .collect()
-    }
-
-    fn token_id(&self, key: &str) -> Result<Option<u32>> {
-        match self.map.get(key) {
-            None => Ok(None),
-            Some(_) => Ok(Some(self.usize(key)? as u32)),
-        }
-    }
-}
-
-/// GPT-2's byte-to-character table: printable bytes map to themselves, the rest to U+0100 on.
-fn byte_alphabet() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut next = 256u32;
-    for (b, slot) in table.iter_mut().enumerate() {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
-        let code = if printable {
-            b as u32
-        } else {
-            next += 1;
-            next - 1
-        };
-        *slot = char::from_u32(code).unwrap_or('\u{fffd}');
-    }
-    table
-}
-
-/// The file's byte-level BPE tokenizer, as a `tokenizer.json` document.
-///
-/// Control tokens (type 3) become special added tokens and user-defined ones (type 4) plain added
-/// tokens, as transformers and llama.cpp treat them. The pre-tokenizer splits digits one by one
-/// for the `smollm` vocabulary (what llama.cpp does and what the model was trained with;
-/// transformers' GGUF reader leaves that split out, which only changes text with digit runs) and
-/// otherwise applies GPT-2's byte-level split.
-fn tokenizer_json(meta: &Meta) -> Result<Json> {
-    let model = meta.string("tokenizer.ggml.model")?.unwrap_or("");
-    if model != "gpt2" {
-        return Err(gguf_error(
-            meta.path,
-            format!("tokenizer.ggml.model is `{model}`; only byte-level BPE (`gpt2`) is supported"),
-        ));
-    }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let types = meta.ints("tokenizer.ggml.token_type").unwrap_or_default();
-    let merges = meta.strings("tokenizer.ggml.merges")?;
-    let alphabet = byte_alphabet();
-    let spelled: std::collections::HashSet<char> = alphabet.iter().copied().collect();
-    let mut vocab = Map::new();
-    let mut added = Vec::new();
-    for (id, token) in tokens.iter().enumerate() {
-        let in_alphabet = token.chars().all(|c| spelled.contains(&c));
-        let key = if in_alphabet {
-            (*token).to_string()
-        } else {
-            token.bytes().map(|b| alphabet[b as usize]).collect()
-        };
-        vocab.insert(key, json!(id));
-        match types.get(id) {
-            Some(3) if in_alphabet => added.push(json!({
-                "id": id, "content": token, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true,
-            })),
-            Some(4) => added.push(json!({
-                "id": id, "content": token, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": false,
-            })),
-            _ => {}
-        }
-    }
-    let merges: Vec<Json> = merges
-        .iter()
-        .map(|m| {
-            let (a, b) = m.split_once(' ').ok_or_else(|| {
-                gguf_error(
-                    meta.path,
-                    format!("merge `{m}` is not two tokens separated by a space"),
-                )
-            })?;
-            Ok(json!([a, b]))
-        })
-        .collect::<Result<_>>()?;
-    let byte_level = json!({
-        "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
-    });
-    let pre_tokenizer = match meta.string("tokenizer.ggml.pre")? {
-        Some("smollm") => json!({
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level],
-        }),
-        _ => byte_level,
-    };
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges,
-        },
-    }))
 }
 
 /// llama.cpp stores the query/key rows of each head with the two rotary halves interleaved;
@@ -609,16 +427,6 @@ fn hf_name(gguf: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn byte_alphabet_is_gpt2s() {
-        let a = byte_alphabet();
-        assert_eq!(a[b'A' as usize], 'A');
-        assert_eq!(a[b' ' as usize], '\u{120}'); // "Ġ"
-        assert_eq!(a[b'\n' as usize], '\u{10a}'); // "Ċ"
-        let distinct: std::collections::HashSet<char> = a.iter().copied().collect();
-        assert_eq!(distinct.len(), 256);
-    }
 
     #[test]
     fn rotary_rows_return_to_rotate_half_order() -> candle_core::Result<()> {
