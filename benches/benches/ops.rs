@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p vlm-benches --bench ops` (add `-- matmul` to run one group).
 
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vlm_core::nn::{attention, attention_gqa, Linear, Quantization, RopeScaling, RotaryEmbedding};
@@ -55,6 +56,19 @@ fn matmul(c: &mut Criterion) -> Res<()> {
             group.bench_function(BenchmarkId::new(name, kind), |b| {
                 b.iter(|| layer.forward(&x).map(|y| y.dims().len()))
             });
+            // candle's own quantized matmul on the same blocks, for the decode kernels to beat.
+            if let (Some(q), 1) = (quant, rows) {
+                let w = linear(out_dim, in_dim, DType::F32)?.weight().cloned();
+                let w = w.ok_or_else(|| candle_core::Error::Msg("dense weight".into()))?;
+                let ggml = match q {
+                    Quantization::Q8_0 => GgmlDType::Q8_0,
+                    Quantization::Q4K => GgmlDType::Q4K,
+                };
+                let candle = QMatMul::from_qtensor(QTensor::quantize(&w, ggml)?)?;
+                group.bench_function(BenchmarkId::new(name, format!("{kind}_candle")), |b| {
+                    b.iter(|| candle.forward(&x).map(|y| y.dims().len()))
+                });
+            }
         }
     }
     group.finish();

@@ -62,6 +62,7 @@ enum Weight {
     /// GGML blocks along `in_features`; the matmul runs in f32.
     Quantized {
         matmul: QMatMul,
+        blocks: Arc<QTensor>,
         out_features: usize,
         kind: Quantization,
     },
@@ -121,10 +122,11 @@ impl Linear {
         if in_features % kind.block_size() != 0 {
             return Ok(self.clone());
         }
-        let q = QTensor::quantize(&w.to_dtype(DType::F32)?, kind.ggml())?;
+        let q = Arc::new(QTensor::quantize(&w.to_dtype(DType::F32)?, kind.ggml())?);
         Ok(Self {
             weight: Weight::Quantized {
-                matmul: QMatMul::from_arc(Arc::new(q))?,
+                matmul: QMatMul::from_arc(q.clone())?,
+                blocks: q,
                 out_features,
                 kind,
             },
@@ -144,12 +146,19 @@ impl Module for Linear {
             Weight::Dense(w) => (dense_matmul(&flat, w)?, w.dim(0)?),
             Weight::Quantized {
                 matmul,
+                blocks,
                 out_features,
                 ..
             } => {
-                // The quantized kernels take f32 activations.
-                let ys = matmul.forward(&flat.to_dtype(DType::F32)?.contiguous()?)?;
-                (ys.to_dtype(xs.dtype())?, *out_features)
+                let ys = match super::qgemv::matmul_t(&flat, blocks)? {
+                    Some(ys) => ys,
+                    None => {
+                        // candle's quantized kernels take f32 activations.
+                        let ys = matmul.forward(&flat.to_dtype(DType::F32)?.contiguous()?)?;
+                        ys.to_dtype(xs.dtype())?
+                    }
+                };
+                (ys, *out_features)
             }
         };
         let ys = match &self.bias {

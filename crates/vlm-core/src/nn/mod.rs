@@ -3,10 +3,12 @@
 
 mod activation;
 mod attention;
+mod cpu_attention;
 mod gemv;
 mod kv_cache;
 mod linear;
 mod norm;
+mod qgemv;
 mod rope;
 mod varlen;
 

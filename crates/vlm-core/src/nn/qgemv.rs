@@ -1,0 +1,672 @@
+//! Decode-step products against GGML-quantized weights (Q8_0, Q4_K) on x86 CPUs with AVX-512
+//! VNNI.
+//!
+//! A decode step streams every weight once, so a quantized model decodes as fast as its bytes
+//! move. candle 0.11's CPU path re-packs Q4_K into tiles that carry f32 sub-block scales (a
+//! third more bytes than the GGML blocks) and synchronises a spinning pool per call; these
+//! kernels read candle's GGML blocks in place (no second copy of the weights) and spread the
+//! weight rows over rayon's pool.
+//!
+//! As in GGML, the activations are quantized to 8 bits first (Q8_0: one f32 scale per 32 values;
+//! Q4_K: one per 256, with the sum of every 32) so that the inner products are exact integer
+//! dot products (`vpdpbusd`), scaled once per block in f32.
+//!
+//! Activation rows above [`MAX_ROWS`](super::gemv::MAX_ROWS), other devices, other formats and
+//! CPUs without AVX-512 VNNI return `None`: the caller then uses candle's quantized matmul.
+#![allow(unsafe_code)]
+// The SIMD kernels exist only on x86_64; elsewhere every call is declined and the activation
+// quantization is only exercised by the tests' scalar reference.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use super::gemv::MAX_ROWS;
+
+/// Weight rows per rayon task.
+const ROWS_PER_TASK: usize = 32;
+
+/// Q8_0: 32 weights, an f16 scale then 32 `i8`.
+const Q8_0_BLOCK: usize = 32;
+const Q8_0_BYTES: usize = 34;
+
+/// Q4_K: 256 weights: f16 `d`, f16 `dmin`, 12 bytes of 6-bit sub-block scales and mins, then
+/// 128 bytes of 4-bit values.
+const QK_K: usize = 256;
+const Q4K_BYTES: usize = 144;
+
+/// `x W^T` for `x` `(rows, in)` (`rows <= MAX_ROWS`, any float dtype) and a quantized `W`
+/// `(out, in)` on the CPU, in `x`'s dtype; `None` when these kernels do not apply.
+pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
+    let Some(kernels) = kernels() else {
+        return Ok(None);
+    };
+    if !matches!(x.device(), Device::Cpu) || !matches!(w.device(), Device::Cpu) {
+        return Ok(None);
+    }
+    let (rows, in_dim) = x.dims2()?;
+    let (out_dim, w_in) = w.shape().dims2()?;
+    if rows == 0 || rows > MAX_ROWS || in_dim != w_in {
+        return Ok(None);
+    }
+    let (block, block_bytes) = match w.dtype() {
+        GgmlDType::Q8_0 => (Q8_0_BLOCK, Q8_0_BYTES),
+        GgmlDType::Q4K => (QK_K, Q4K_BYTES),
+        _ => return Ok(None),
+    };
+    if in_dim % block != 0 {
+        return Ok(None);
+    }
+    let data = w.data()?;
+    let row_bytes = in_dim / block * block_bytes;
+    if data.len() != out_dim * row_bytes {
+        candle_core::bail!(
+            "quantized weight {:?}: expected {} bytes of {:?} blocks, found {}",
+            w.shape(),
+            out_dim * row_bytes,
+            w.dtype(),
+            data.len()
+        );
+    }
+    let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let y = match w.dtype() {
+        GgmlDType::Q8_0 => {
+            let acts = ActsQ8_0::new(&xs, in_dim);
+            run(rows, out_dim, &data, row_bytes, |ws, out| {
+                (kernels.q8_0)(&acts, ws, out)
+            })
+        }
+        _ => {
+            let acts = ActsQ8K::new(&xs, in_dim);
+            run(rows, out_dim, &data, row_bytes, |ws, out| {
+                (kernels.q4k)(&acts, ws, out)
+            })
+        }
+    };
+    Ok(Some(
+        Tensor::from_vec(y, (rows, out_dim), &Device::Cpu)?.to_dtype(x.dtype())?,
+    ))
+}
+
+/// `y[r][o]`, row-major `(rows, out)`, with `band(weight_rows, out_block)` filling a
+/// `(rows, band)` block for a band of weight rows.
+fn run(
+    rows: usize,
+    out_dim: usize,
+    w: &[u8],
+    row_bytes: usize,
+    band: impl Fn(&[u8], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    if rows == 1 {
+        let mut y = vec![0f32; out_dim];
+        y.par_chunks_mut(ROWS_PER_TASK)
+            .zip(w.par_chunks(ROWS_PER_TASK * row_bytes))
+            .for_each(|(ys, ws)| band(ws, ys));
+        return y;
+    }
+    let blocks: Vec<Vec<f32>> = w
+        .par_chunks(ROWS_PER_TASK * row_bytes)
+        .map(|ws| {
+            let mut block = vec![0f32; rows * (ws.len() / row_bytes)];
+            band(ws, &mut block);
+            block
+        })
+        .collect();
+    let mut y = vec![0f32; out_dim * rows];
+    for (b, block) in blocks.iter().enumerate() {
+        let n = block.len() / rows;
+        for (r, vals) in block.chunks(n).enumerate() {
+            let at = r * out_dim + b * ROWS_PER_TASK;
+            y[at..at + n].copy_from_slice(vals);
+        }
+    }
+    y
+}
+
+/// Symmetric 8-bit quantization of `xs` with the scale `max|x| / 127` (so no value is -128):
+/// writes the values to `q` and returns the scale.
+fn quantize_block(xs: &[f32], q: &mut [i8]) -> f32 {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (o, v) in q.iter_mut().zip(xs) {
+        *o = (v * id).round() as i8;
+    }
+    d
+}
+
+/// Activation rows quantized in blocks of 32 (GGML's Q8_0).
+struct ActsQ8_0 {
+    /// `(rows, in)` values.
+    q: Vec<i8>,
+    /// `(rows, in / 32)` scales.
+    d: Vec<f32>,
+    in_dim: usize,
+}
+
+impl ActsQ8_0 {
+    fn new(xs: &[f32], in_dim: usize) -> Self {
+        let mut q = vec![0i8; xs.len()];
+        let d = xs
+            .chunks_exact(Q8_0_BLOCK)
+            .zip(q.chunks_exact_mut(Q8_0_BLOCK))
+            .map(|(x, q)| quantize_block(x, q))
+            .collect();
+        Self { q, d, in_dim }
+    }
+
+    fn rows(&self) -> usize {
+        self.q.len() / self.in_dim
+    }
+}
+
+/// Activation rows quantized in blocks of 256 (GGML's Q8_K), the values of each block stored in
+/// the order the Q4_K kernel consumes them (see [`ActsQ8K::new`]), with the sum of every 32.
+struct ActsQ8K {
+    /// `(rows, in)` values, permuted within each 256-block.
+    q: Vec<i8>,
+    /// `(rows, in / 256)` scales.
+    d: Vec<f32>,
+    /// `(rows, in / 32)` sums of the values of each sub-block (in weight order).
+    sums: Vec<i16>,
+    in_dim: usize,
+}
+
+impl ActsQ8K {
+    /// A Q4_K block holds sub-blocks `2j` and `2j + 1` in the low and high nibbles of the same 32
+    /// bytes. The kernel splits each 64 bytes into a low-nibble vector (sub-blocks `4p`,
+    /// `4p + 2`) and a high-nibble one (`4p + 1`, `4p + 3`), so the activations are laid out as
+    /// sub-blocks `[0, 2, 1, 3, 4, 6, 5, 7]`.
+    fn new(xs: &[f32], in_dim: usize) -> Self {
+        const ORDER: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+        let blocks = xs.len() / QK_K;
+        let mut q = vec![0i8; xs.len()];
+        let mut d = Vec::with_capacity(blocks);
+        let mut sums = Vec::with_capacity(blocks * 8);
+        let mut plain = [0i8; QK_K];
+        for (x, out) in xs.chunks_exact(QK_K).zip(q.chunks_exact_mut(QK_K)) {
+            d.push(quantize_block(x, &mut plain));
+            for sub in plain.chunks_exact(32) {
+                sums.push(sub.iter().map(|&v| v as i16).sum());
+            }
+            for (slot, &sub) in out.chunks_exact_mut(32).zip(&ORDER) {
+                slot.copy_from_slice(&plain[sub * 32..sub * 32 + 32]);
+            }
+        }
+        Self { q, d, sums, in_dim }
+    }
+
+    fn rows(&self) -> usize {
+        self.q.len() / self.in_dim
+    }
+}
+
+/// Unpacks a Q4_K block's twelve scale bytes into eight 6-bit scales and eight 6-bit mins (one
+/// byte each, little-endian in the returned words).
+///
+/// Sub-blocks 0-3 keep their scale and min in the low six bits of bytes 0-3 and 4-7. Sub-blocks
+/// 4-7 keep the low four bits of both in bytes 8-11 (scale low nibble, min high nibble) and the
+/// top two bits in the spare top bits of bytes 0-3 (scales) and 4-7 (mins).
+#[cfg(any(test, target_arch = "x86_64"))]
+#[inline(always)]
+fn unpack_scales(s: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    let (w0, w1, w2) = (word(0), word(4), word(8));
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let sc_lo = w0 & LOW6;
+    let mn_lo = w1 & LOW6;
+    let sc_hi = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);
+    let mn_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & LOW2) << 4);
+    (
+        sc_lo as u64 | (sc_hi as u64) << 32,
+        mn_lo as u64 | (mn_hi as u64) << 32,
+    )
+}
+
+#[cfg(test)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// `out[r * band + o] = dot(x[r], w[o])` for the weight rows `ws` of one band.
+type BandQ8_0 = fn(&ActsQ8_0, &[u8], &mut [f32]);
+type BandQ8K = fn(&ActsQ8K, &[u8], &mut [f32]);
+
+#[derive(Clone, Copy)]
+struct Kernels {
+    q8_0: BandQ8_0,
+    q4k: BandQ8K,
+}
+
+/// The SIMD kernels, when this CPU has what they need.
+fn kernels() -> Option<Kernels> {
+    static KERNELS: std::sync::OnceLock<Option<Kernels>> = std::sync::OnceLock::new();
+    *KERNELS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::best()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    })
+}
+
+/// Plain integer reference of the Q8_0 kernel (same arithmetic, scalar).
+#[cfg(test)]
+fn band_q8_0_scalar(acts: &ActsQ8_0, ws: &[u8], out: &mut [f32]) {
+    let blocks = acts.in_dim / Q8_0_BLOCK;
+    let row_bytes = blocks * Q8_0_BYTES;
+    let n = ws.len() / row_bytes;
+    for r in 0..acts.rows() {
+        for (o, w) in ws.chunks_exact(row_bytes).enumerate() {
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+                let xq = &acts.q[r * acts.in_dim + b * 32..][..32];
+                let dot: i32 = blk[2..]
+                    .iter()
+                    .zip(xq)
+                    .map(|(&wv, &xv)| wv as i8 as i32 * xv as i32)
+                    .sum();
+                acc += dot as f32 * f16_at(blk, 0) * acts.d[r * blocks + b];
+            }
+            out[r * n + o] = acc;
+        }
+    }
+}
+
+/// Plain integer reference of the Q4_K kernel (same arithmetic, scalar).
+#[cfg(test)]
+fn band_q4k_scalar(acts: &ActsQ8K, ws: &[u8], out: &mut [f32]) {
+    const ORDER: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+    let blocks = acts.in_dim / QK_K;
+    let row_bytes = blocks * Q4K_BYTES;
+    let n = ws.len() / row_bytes;
+    for r in 0..acts.rows() {
+        for (o, w) in ws.chunks_exact(row_bytes).enumerate() {
+            let mut acc = 0f32;
+            for b in 0..blocks {
+                let blk = &w[b * Q4K_BYTES..(b + 1) * Q4K_BYTES];
+                let (sc, mn) = unpack_scales(&blk[4..16]);
+                let xq = &acts.q[r * acts.in_dim + b * QK_K..][..QK_K];
+                let sums = &acts.sums[(r * blocks + b) * 8..][..8];
+                let (mut isum, mut imin) = (0i32, 0i32);
+                for sub in 0..8 {
+                    // Sub-block `sub` is in the low (even) or high (odd) nibbles of 32 bytes.
+                    let bytes = &blk[16 + (sub / 2) * 32..][..32];
+                    let slot = ORDER.iter().position(|&s| s == sub).unwrap_or(0);
+                    let x = &xq[slot * 32..slot * 32 + 32];
+                    let dot: i32 = bytes
+                        .iter()
+                        .zip(x)
+                        .map(|(&q, &xv)| {
+                            let v = if sub % 2 == 0 { q & 0x0f } else { q >> 4 };
+                            v as i32 * xv as i32
+                        })
+                        .sum();
+                    isum += ((sc >> (8 * sub)) & 0xff) as i32 * dot;
+                    imin += ((mn >> (8 * sub)) & 0xff) as i32 * sums[sub] as i32;
+                }
+                let dx = acts.d[r * blocks + b];
+                acc += f16_at(blk, 0) * dx * isum as f32 - f16_at(blk, 2) * dx * imin as f32;
+            }
+            out[r * n + o] = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX-512 (F, BW, VL) + VNNI kernels.
+    //!
+    //! Every `unsafe fn` here requires the target features it is compiled with; [`best`] hands
+    //! them out only after detecting those features, wrapped in safe function pointers.
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub(super) fn best() -> Option<Kernels> {
+        let ok = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Kernels {
+            q8_0: band_q8_0,
+            q4k: band_q4k,
+        })
+    }
+
+    fn band_q8_0(acts: &ActsQ8_0, ws: &[u8], out: &mut [f32]) {
+        // SAFETY: only handed out by `best` after detecting the features.
+        unsafe {
+            match acts.rows() {
+                1 => band_q8_0_avx512::<1>(acts, ws, out),
+                2 => band_q8_0_avx512::<2>(acts, ws, out),
+                3 => band_q8_0_avx512::<3>(acts, ws, out),
+                _ => band_q8_0_avx512::<4>(acts, ws, out),
+            }
+        }
+    }
+
+    fn band_q4k(acts: &ActsQ8K, ws: &[u8], out: &mut [f32]) {
+        // SAFETY: only handed out by `best` after detecting the features.
+        unsafe {
+            match acts.rows() {
+                1 => band_q4k_avx512::<1>(acts, ws, out),
+                2 => band_q4k_avx512::<2>(acts, ws, out),
+                3 => band_q4k_avx512::<3>(acts, ws, out),
+                _ => band_q4k_avx512::<4>(acts, ws, out),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    /// `R` activation rows against the band, four weight rows at a time (four memory streams and
+    /// `4 R` independent accumulators), then one at a time for the rest.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    unsafe fn band_q8_0_avx512<const R: usize>(acts: &ActsQ8_0, ws: &[u8], out: &mut [f32]) {
+        let row_bytes = acts.in_dim / Q8_0_BLOCK * Q8_0_BYTES;
+        let n = ws.len() / row_bytes;
+        let mut o = 0;
+        while o + 4 <= n {
+            let sums = rows_q8_0::<R, 4>(acts, ws.as_ptr().add(o * row_bytes), row_bytes);
+            for (r, row) in sums.iter().enumerate() {
+                out[r * n + o..r * n + o + 4].copy_from_slice(row);
+            }
+            o += 4;
+        }
+        while o < n {
+            let sums = rows_q8_0::<R, 1>(acts, ws.as_ptr().add(o * row_bytes), row_bytes);
+            for (r, row) in sums.iter().enumerate() {
+                out[r * n + o] = row[0];
+            }
+            o += 1;
+        }
+    }
+
+    /// Per 32-weight block, weight row and activation row: `|w| . (x * sign(w))` (`vpdpbusd`
+    /// needs one unsigned operand; the products are unchanged), widened to f32 and scaled by
+    /// both block scales.
+    // Indices address several per-row arrays at once.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn rows_q8_0<const R: usize, const W: usize>(
+        acts: &ActsQ8_0,
+        w: *const u8,
+        row_bytes: usize,
+    ) -> [[f32; W]; R] {
+        let blocks = acts.in_dim / Q8_0_BLOCK;
+        let xq = acts.q.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); W]; R];
+        for b in 0..blocks {
+            let mut dx = [0f32; R];
+            let mut x = [_mm256_setzero_si256(); R];
+            for r in 0..R {
+                dx[r] = *acts.d.get_unchecked(r * blocks + b);
+                x[r] = _mm256_loadu_si256(xq.add(r * acts.in_dim + b * 32) as *const __m256i);
+            }
+            for j in 0..W {
+                let blk = w.add(j * row_bytes + b * Q8_0_BYTES);
+                // Rows of a narrow layer are only ~50 cache lines long, too short for the hardware
+                // prefetcher to ramp up: fetch the same block of the next group of rows into L2.
+                prefetch(blk.wrapping_add(W * row_bytes));
+                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let wabs = _mm256_abs_epi8(wq);
+                let dw = f16_to_f32(blk);
+                for r in 0..R {
+                    let dot = _mm256_dpbusd_epi32(
+                        _mm256_setzero_si256(),
+                        wabs,
+                        _mm256_sign_epi8(x[r], wq),
+                    );
+                    let scale = _mm256_set1_ps(dw * dx[r]);
+                    acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r][j]);
+                }
+            }
+        }
+        let mut sums = [[0f32; W]; R];
+        for r in 0..R {
+            for j in 0..W {
+                sums[r][j] = hsum256(acc[r][j]);
+            }
+        }
+        sums
+    }
+
+    /// How far ahead of the Q4_K stream to prefetch.
+    const PREFETCH_BYTES: usize = 4096;
+
+    /// Into L2 (far enough ahead that L1 would evict it first). A hint only: never faults,
+    /// whatever the address.
+    #[inline(always)]
+    fn prefetch(p: *const u8) {
+        // SAFETY: prefetching does not access memory architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(p as *const i8) }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Per 256-weight block: four `vpdpbusd` (4-bit weights are already unsigned) give per-lane
+    /// sums of four products, eight lanes per sub-block; pairs of them are narrowed to i16 (at
+    /// most 4 * 15 * 127 in magnitude) and multiplied by the 6-bit sub-block scales with
+    /// `vpmaddwd`, so a block costs one conversion to f32. The mins term uses the activation
+    /// sums of each sub-block.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
+    unsafe fn band_q4k_avx512<const R: usize>(acts: &ActsQ8K, ws: &[u8], out: &mut [f32]) {
+        let blocks = acts.in_dim / QK_K;
+        let row_bytes = blocks * Q4K_BYTES;
+        let n = ws.len() / row_bytes;
+        let xq = acts.q.as_ptr();
+        let nibble = _mm512_set1_epi8(0x0f);
+        // After `vpackssdw` of the dot products of sub-blocks (a, c) and (b, d), 128-bit lanes
+        // 0-1 hold [a x4, b x4] and lanes 2-3 [c x4, d x4] in i16: the scale of each i16.
+        let pick = |a: i16, b: i16, c: i16, d: i16| {
+            let lane = |x: i16, y: i16| [x, x, x, x, y, y, y, y];
+            let v: Vec<i16> = [lane(a, b), lane(a, b), lane(c, d), lane(c, d)].concat();
+            _mm512_loadu_si512(v.as_ptr() as *const __m512i)
+        };
+        let pick_lo = pick(0, 1, 2, 3);
+        let pick_hi = pick(4, 5, 6, 7);
+        for o in 0..n {
+            let w = ws.as_ptr().add(o * row_bytes);
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut acc_min = [_mm_setzero_ps(); R];
+            for b in 0..blocks {
+                let blk = w.add(b * Q4K_BYTES);
+                // The band is one sequential stream: keep it in flight well ahead.
+                let ahead = blk.wrapping_add(PREFETCH_BYTES);
+                prefetch(ahead);
+                prefetch(ahead.wrapping_add(64));
+                prefetch(ahead.wrapping_add(128));
+                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let (d, dmin) = (_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_movehdup_ps(dd)));
+                let (sc, mn) = unpack_scales(std::slice::from_raw_parts(blk.add(4), 12));
+                let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+                let mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+                let sc_lo = _mm512_permutexvar_epi16(pick_lo, sc16);
+                let sc_hi = _mm512_permutexvar_epi16(pick_hi, sc16);
+                let q0 = _mm512_loadu_si512(blk.add(16) as *const __m512i);
+                let q1 = _mm512_loadu_si512(blk.add(80) as *const __m512i);
+                let lo0 = _mm512_and_si512(q0, nibble);
+                let hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), nibble);
+                let lo1 = _mm512_and_si512(q1, nibble);
+                let hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), nibble);
+                for r in 0..R {
+                    let x = xq.add(r * acts.in_dim + b * QK_K) as *const __m512i;
+                    let z = _mm512_setzero_si512();
+                    let d0 = _mm512_dpbusd_epi32(z, lo0, _mm512_loadu_si512(x));
+                    let d1 = _mm512_dpbusd_epi32(z, hi0, _mm512_loadu_si512(x.add(1)));
+                    let d2 = _mm512_dpbusd_epi32(z, lo1, _mm512_loadu_si512(x.add(2)));
+                    let d3 = _mm512_dpbusd_epi32(z, hi1, _mm512_loadu_si512(x.add(3)));
+                    let s01 = _mm512_madd_epi16(_mm512_packs_epi32(d0, d1), sc_lo);
+                    let s23 = _mm512_madd_epi16(_mm512_packs_epi32(d2, d3), sc_hi);
+                    let dx = *acts.d.get_unchecked(r * blocks + b);
+                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s01, s23));
+                    acc[r] = _mm512_fmadd_ps(isum, _mm512_set1_ps(d * dx), acc[r]);
+                    let sums = _mm_loadu_si128(
+                        acts.sums.as_ptr().add((r * blocks + b) * 8) as *const __m128i
+                    );
+                    let imin = _mm_cvtepi32_ps(_mm_madd_epi16(mn16, sums));
+                    acc_min[r] = _mm_fmadd_ps(imin, _mm_set1_ps(dmin * dx), acc_min[r]);
+                }
+            }
+            for r in 0..R {
+                let m = acc_min[r];
+                let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                *out.get_unchecked_mut(r * n + o) = _mm512_reduce_add_ps(acc[r]) - _mm_cvtss_f32(m);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+        let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        let den: f32 = b.iter().map(|y| y * y).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn scale_unpacking_matches_the_dequantized_blocks() -> Result<()> {
+        // One Q4_K row of 256 with widely varying sub-block ranges: dequantizing it by hand
+        // with our unpacking must equal candle's dequantization.
+        let mut seed = 7u64;
+        let xs: Vec<f32> = random(QK_K, &mut seed)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1 + i / 32 * 9) as f32 + (i / 32) as f32 * 0.3)
+            .collect();
+        let t = Tensor::from_vec(xs, (1, QK_K), &Device::Cpu)?;
+        let q = QTensor::quantize(&t, GgmlDType::Q4K)?;
+        let want: Vec<f32> = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+        let data = q.data()?;
+        let (sc, mn) = unpack_scales(&data[4..16]);
+        let (d, dmin) = (f16_at(&data, 0), f16_at(&data, 2));
+        for (i, w) in want.iter().enumerate() {
+            let sub = i / 32;
+            let byte = data[16 + (sub / 2) * 32 + i % 32];
+            let v = if sub % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            let s = ((sc >> (8 * sub)) & 0xff) as f32;
+            let m = ((mn >> (8 * sub)) & 0xff) as f32;
+            let got = d * s * v as f32 - dmin * m;
+            assert!(
+                (got - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{i}: {got} vs {w}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The SIMD kernels against the scalar integer reference (same quantized activations) and
+    /// against the f32 product with the dequantized weights, for 1-4 activation rows, widths of
+    /// one and several blocks, and row counts that leave partial rayon bands.
+    #[test]
+    fn kernels_match_the_reference_and_the_dequantized_product() -> Result<()> {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for (dtype, in_dim, bound) in [
+            (GgmlDType::Q8_0, 32, 0.02),
+            (GgmlDType::Q8_0, 1536, 0.02),
+            (GgmlDType::Q4K, 256, 0.08),
+            (GgmlDType::Q4K, 1536, 0.08),
+        ] {
+            for (rows, out_dim) in [(1usize, 37usize), (3, 70), (4, 33)] {
+                let w = Tensor::from_vec(
+                    random(out_dim * in_dim, &mut seed),
+                    (out_dim, in_dim),
+                    &Device::Cpu,
+                )?;
+                let q = QTensor::quantize(&w, dtype)?;
+                let x = Tensor::from_vec(
+                    random(rows * in_dim, &mut seed),
+                    (rows, in_dim),
+                    &Device::Cpu,
+                )?;
+                let dense = x.matmul(&q.dequantize(&Device::Cpu)?.t()?)?;
+                let want: Vec<f32> = dense.flatten_all()?.to_vec1()?;
+                // Scalar integer reference.
+                let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                let data = q.data()?;
+                let row_bytes = data.len() / out_dim;
+                let scalar = match dtype {
+                    GgmlDType::Q8_0 => {
+                        let acts = ActsQ8_0::new(&xs, in_dim);
+                        run(rows, out_dim, &data, row_bytes, |ws, o| {
+                            band_q8_0_scalar(&acts, ws, o)
+                        })
+                    }
+                    _ => {
+                        let acts = ActsQ8K::new(&xs, in_dim);
+                        run(rows, out_dim, &data, row_bytes, |ws, o| {
+                            band_q4k_scalar(&acts, ws, o)
+                        })
+                    }
+                };
+                let err = relative_error(&scalar, &want);
+                assert!(
+                    err < bound,
+                    "{dtype:?} {rows}x{in_dim}x{out_dim}: scalar error {err}"
+                );
+                let Some(got) = matmul_t(&x, &q)? else {
+                    assert!(
+                        kernels().is_none(),
+                        "{dtype:?}: kernels present but not used"
+                    );
+                    continue;
+                };
+                assert_eq!(got.dims(), &[rows, out_dim]);
+                let got: Vec<f32> = got.flatten_all()?.to_vec1()?;
+                for (i, (g, s)) in got.iter().zip(&scalar).enumerate() {
+                    let tol = 1e-4 * s.abs().max(1.0);
+                    assert!(
+                        (g - s).abs() <= tol,
+                        "{dtype:?} {rows}x{in_dim}x{out_dim} [{i}]: {g} vs {s}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn declines_what_it_does_not_cover() -> Result<()> {
+        let w = Tensor::zeros((8, 64), DType::F32, &Device::Cpu)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+        let many = Tensor::zeros((MAX_ROWS + 1, 64), DType::F32, &Device::Cpu)?;
+        assert!(matmul_t(&many, &q)?.is_none());
+        let q4 = QTensor::quantize(&w, GgmlDType::Q4_0)?;
+        assert!(matmul_t(&Tensor::zeros((1, 64), DType::F32, &Device::Cpu)?, &q4)?.is_none());
+        Ok(())
+    }
+}
