@@ -94,6 +94,11 @@ pub fn attention(
         let mask = mask.map(wide).transpose()?;
         return attention(&wide(q)?, &wide(k)?, &wide(v)?, mask.as_ref(), scale)?.to_dtype(dtype);
     }
+    if mask.is_none() {
+        if let Some(out) = super::cpu_attention::attention(q, k, v, scale)? {
+            return Ok(out);
+        }
+    }
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,

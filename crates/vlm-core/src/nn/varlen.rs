@@ -160,6 +160,9 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         let wide = |t: &Tensor| t.to_dtype(DType::F32);
         return attend(&wide(q)?, &wide(k)?, &wide(v)?, scale)?.to_dtype(dtype);
     }
+    if let Some(out) = super::cpu_attention::attention(q, k, v, scale)? {
+        return Ok(out);
+    }
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
     probs.matmul(v)
