@@ -91,6 +91,9 @@ impl EncoderLayer {
     }
 }
 
+/// Attention scores (batch x heads x queries x keys) per pass of [`VitEncoder::forward_masked`].
+const MAX_SCORES_PER_PASS: usize = 1 << 24;
+
 /// A stack of encoder layers (`encoder.layers.{i}`).
 #[derive(Debug, Clone)]
 pub struct VitEncoder {
@@ -122,7 +125,27 @@ impl VitEncoder {
 
     /// The output of the last layer, with an additive attention `mask` broadcastable to
     /// `(b, heads, n, n)` applied in every layer (`None`: every token sees every token).
+    ///
+    /// Images (batch rows) are independent, so a large batch (Idefics3's tiles) goes through in
+    /// passes of at most [`MAX_SCORES_PER_PASS`] attention scores: the score tensors of 17 tiles
+    /// at once took gigabytes, and smaller ones stay in cache.
     pub(crate) fn forward_masked(&self, input: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = input.dims3()?;
+        let heads = self.layers.first().map_or(1, |l| l.self_attn.num_heads);
+        let per_pass = (MAX_SCORES_PER_PASS / (heads * n * n).max(1)).max(1);
+        if b > per_pass {
+            let mut outs = Vec::with_capacity(b.div_ceil(per_pass));
+            for start in (0..b).step_by(per_pass) {
+                let len = per_pass.min(b - start);
+                // The mask has a batch of `b` or of 1 (broadcast).
+                let m = match mask {
+                    Some(m) if m.dim(0)? == b => Some(m.narrow(0, start, len)?),
+                    other => other.cloned(),
+                };
+                outs.push(self.forward_masked(input.narrow(0, start, len)?, m.as_ref())?);
+            }
+            return Tensor::cat(&outs, 0);
+        }
         let mut xs = input;
         for layer in &self.layers {
             xs = layer.forward(&xs, mask)?;
