@@ -26,6 +26,15 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation elementwise.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // On CPU in f32: vectorized and spread over threads (candle calls libm per element).
+        let fast = match self {
+            Self::GeluTanh => super::cpu_math::unary(xs, super::cpu_math::gelu_tanh)?,
+            Self::QuickGelu => super::cpu_math::unary(xs, super::cpu_math::quick_gelu)?,
+            _ => None,
+        };
+        if let Some(ys) = fast {
+            return Ok(ys);
+        }
         match self {
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),

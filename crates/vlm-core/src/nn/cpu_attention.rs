@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_math::softmax;
+
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
 
@@ -129,86 +131,6 @@ fn attend_block(
     }
 }
 
-/// Lanes of the accumulators below: wide enough for one AVX-512 register, and what lets LLVM
-/// vectorize reductions it may not reassociate.
-const LANES: usize = 16;
-
-/// `exp(x)` for finite `x`, to within 2 ulp of the correctly rounded value (checked in the tests):
-/// `2^n * p(r)` with `n = round(x / ln 2)`, `r = x - n ln 2` (in two parts, so `r` is exact),
-/// `p` the degree-7 Taylor polynomial (|r| <= ln 2 / 2: truncation below 6e-9). Inputs below
-/// -87.3 (where `exp` leaves f32's normal range) return ~1e-38 rather than a subnormal or 0.
-/// Written with plain arithmetic so it vectorizes.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.336_54, 88.376_26);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Row-wise softmax in place, max-subtracted, in f32.
-#[inline(always)]
-fn softmax_body(row: &mut [f32]) {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            lanes[l] = lanes[l].max(c[l]);
-        }
-    }
-    let max = chunks.remainder().iter().fold(
-        lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)),
-        |m, &x| m.max(x),
-    );
-    let mut sums = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            let e = exp(c[l] - max);
-            c[l] = e;
-            sums[l] += e;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp(*x - max);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
-}
-
-fn softmax(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f")) {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { softmax_avx512(row) };
-        }
-    }
-    softmax_body(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_body(row)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,43 +158,6 @@ mod tests {
             assert!(diff < 1e-5, "({b}, {h}, {s}, {t}, {d}): {diff}");
         }
         Ok(())
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let want = (x as f64).exp();
-            let got = exp(x) as f64;
-            let ulp = (want as f32).abs() * f32::EPSILON;
-            assert!(
-                (got - want).abs() <= 2.0 * ulp as f64,
-                "exp({x}) = {got}, want {want}"
-            );
-            x += 0.013;
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    }
-
-    #[test]
-    fn softmax_matches_f64() {
-        for n in [1usize, 5, 16, 17, 100, 1024] {
-            let row: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
-                .collect();
-            let mut got = row.clone();
-            softmax(&mut got);
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-            for (g, &x) in got.iter().zip(&row) {
-                let want = (x as f64 - max).exp() / sum;
-                assert!(
-                    (*g as f64 - want).abs() <= 1e-6 * want.max(1e-30) + 1e-12,
-                    "{n}: {g} vs {want}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod activation;
 mod attention;
 mod cpu_attention;
+mod cpu_math;
 mod gemv;
 mod kv_cache;
 mod linear;
