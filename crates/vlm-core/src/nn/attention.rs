@@ -63,6 +63,9 @@ pub fn attention_gqa(
         let out = attention_gqa(&wide(q)?, &wide(k)?, &wide(v)?, n_rep, mask.as_ref(), scale)?;
         return out.to_dtype(dtype);
     }
+    if let Some(out) = super::cpu_attention::attention_gqa(q, k, v, n_rep, mask, scale)? {
+        return Ok(out);
+    }
     let q = q.contiguous()?.reshape((b, kv, n_rep * s, d))?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let scores = match mask {

@@ -17,18 +17,47 @@ use super::cpu_math::softmax;
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
 
-/// `softmax(q k^T * scale) v` for contiguous f32 `q` `(b, h, s, d)` and `k`, `v` `(b, h, t, d)`
-/// on the CPU; `None` for anything else (the caller then uses candle ops).
+/// `softmax(q k^T * scale) v` for f32 `q` `(b, h, s, d)` and `k`, `v` `(b, h, t, d)` on the CPU;
+/// `None` for anything else (the caller then uses candle ops).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    if !matches!(q.device(), Device::Cpu) || q.dtype() != DType::F32 {
+    attention_gqa(q, k, v, 1, None, scale)
+}
+
+/// [`attention`] with grouped key/value heads (`k`, `v` `(b, h / n_rep, t, d)`; query head `j`
+/// reads key/value head `j / n_rep`) and an optional additive f32 `mask` `(b, 1, s, t)` added to
+/// the scaled scores before the softmax, as transformers' eager attention does.
+pub(crate) fn attention_gqa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_rep: usize,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if !matches!(q.device(), Device::Cpu) || q.dtype() != DType::F32 || n_rep == 0 {
         return Ok(None);
     }
     let (b, h, s, d) = q.dims4()?;
-    let (kb, kh, t, kd) = k.dims4()?;
-    if (kb, kh, kd) != (b, h, d) || v.dims4()? != (b, h, t, d) || t == 0 || d == 0 {
+    let (kb, kv, t, kd) = k.dims4()?;
+    if (kb, kv * n_rep, kd) != (b, h, d) || v.dims4()? != (b, kv, t, d) || t == 0 || d == 0 {
         return Ok(None);
     }
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let mask = match mask {
+        None => None,
+        Some(m) if m.dims() == [b, 1, s, t] && m.dtype() == DType::F32 => Some(m.contiguous()?),
+        Some(_) => return Ok(None),
+    };
+    // Keys and values may be views of a KV cache with room to grow (each head's rows contiguous,
+    // heads further apart): those are read in place, anything else is copied once.
+    let rows_in_place = |x: &Tensor| -> Result<Tensor> {
+        let stride = x.stride();
+        if stride[3] == 1 && stride[2] == d {
+            Ok(x.clone())
+        } else {
+            x.contiguous()
+        }
+    };
+    let (q, k, v) = (q.contiguous()?, rows_in_place(k)?, rows_in_place(v)?);
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -40,41 +69,78 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     else {
         return Ok(None);
     };
+    let ms = mask.as_ref().map(|m| m.storage_and_layout());
+    let md: Option<&[f32]> = match &ms {
+        None => None,
+        Some((storage, layout)) => match &**storage {
+            Storage::Cpu(CpuStorage::F32(m)) => {
+                Some(&m[layout.start_offset()..layout.start_offset() + b * s * t])
+            }
+            _ => return Ok(None),
+        },
+    };
     let qd = &qd[ql.start_offset()..ql.start_offset() + b * h * s * d];
-    let kd_ = &kd_[kl.start_offset()..kl.start_offset() + b * h * t * d];
-    let vd = &vd[vl.start_offset()..vl.start_offset() + b * h * t * d];
+    let head_rows = |data, layout, bi, hi| head_rows(data, layout, bi, hi, t * d);
+    for bi in 0..b {
+        for hi in 0..kv {
+            if head_rows(kd_, kl, bi, hi).is_none() || head_rows(vd, vl, bi, hi).is_none() {
+                candle_core::bail!("attention: key/value head ({bi}, {hi}) is out of its storage");
+            }
+        }
+    }
     let mut out = vec![0f32; b * h * s * d];
     let scale = scale as f32;
     out.par_chunks_mut(s * d)
         .enumerate()
         .for_each(|(head, out_head)| {
+            let (batch, kv_head) = (head / h, head % h / n_rep);
             let q = &qd[head * s * d..(head + 1) * s * d];
-            let k = &kd_[head * t * d..(head + 1) * t * d];
-            let v = &vd[head * t * d..(head + 1) * t * d];
+            let (Some(k), Some(v)) = (
+                head_rows(kd_, kl, batch, kv_head),
+                head_rows(vd, vl, batch, kv_head),
+            ) else {
+                return; // checked above
+            };
             out_head
                 .par_chunks_mut(QUERY_BLOCK * d)
                 .enumerate()
                 .for_each(|(blk, o)| {
                     let rows = o.len() / d;
                     let q = &q[blk * QUERY_BLOCK * d..][..rows * d];
-                    attend_block(q, k, v, o, rows, t, d, scale);
+                    let mask = md.map(|m| &m[(batch * s + blk * QUERY_BLOCK) * t..][..rows * t]);
+                    attend_block(q, k, v, mask, o, rows, t, d, scale);
                 });
         });
     Ok(Some(Tensor::from_vec(out, (b, h, s, d), &Device::Cpu)?))
 }
 
-/// One head, `rows` query rows: `o = softmax(q k^T * scale) v`.
+/// The `len` values of head `(bi, hi)` of a `(b, heads, t, d)` tensor whose rows are contiguous.
+fn head_rows<'a>(
+    data: &'a [f32],
+    layout: &candle_core::Layout,
+    bi: usize,
+    hi: usize,
+    len: usize,
+) -> Option<&'a [f32]> {
+    let stride = layout.stride();
+    let at = layout.start_offset() + bi * stride[0] + hi * stride[1];
+    data.get(at..at + len)
+}
+
+/// One head, `rows` query rows: `o = softmax(q k^T * scale + mask) v`.
 #[allow(clippy::too_many_arguments)]
 fn attend_block(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    mask: Option<&[f32]>,
     o: &mut [f32],
     rows: usize,
     t: usize,
     d: usize,
     scale: f32,
 ) {
+    let _flush = super::cpu_math::FlushSubnormals::new();
     let mut scores = vec![0f32; rows * t];
     // SAFETY: every pointer/stride pair below describes a buffer of exactly the stated shape:
     // q (rows, d), k (t, d) read as k^T (d, t), scores (rows, t), v (t, d), o (rows, d), all
@@ -101,6 +167,11 @@ fn attend_block(
             false,
             gemm::Parallelism::None,
         );
+    }
+    if let Some(mask) = mask {
+        for (x, m) in scores.iter_mut().zip(mask) {
+            *x += m;
+        }
     }
     for row in scores.chunks_exact_mut(t) {
         softmax(row);
@@ -157,6 +228,54 @@ mod tests {
                 .to_scalar::<f32>()?;
             assert!(diff < 1e-5, "({b}, {h}, {s}, {t}, {d}): {diff}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn grouped_heads_and_causal_mask_match_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, kv, n_rep, s, t, d) = (2usize, 2usize, 3usize, 70usize, 75usize, 16usize);
+        let q = Tensor::randn(0f32, 1.0, (b, kv * n_rep, s, d), &dev)?;
+        // Keys and values as views of a cache with spare room, read in place.
+        let k = Tensor::randn(0f32, 1.0, (b, kv, t + 9, d), &dev)?.narrow(2, 0, t)?;
+        let v = Tensor::randn(0f32, 1.0, (b, kv, t + 9, d), &dev)?.narrow(2, 0, t)?;
+        assert!(!k.is_contiguous());
+        // Causal over the last s of t keys; the second batch also hides its first key.
+        let mask: Vec<f32> = (0..b * s * t)
+            .map(|i| {
+                let (bi, qi, ki) = (i / (s * t), i / t % s, i % t);
+                if ki > qi + (t - s) || (bi == 1 && ki == 0) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, s, t), &dev)?;
+        let rep = |x: &Tensor| -> Result<Tensor> {
+            x.unsqueeze(2)?
+                .expand((b, kv, n_rep, t, d))?
+                .reshape((b, kv * n_rep, t, d))
+        };
+        let scores = (q.matmul(&rep(&k)?.t()?)? * 0.3)?.broadcast_add(&mask)?;
+        let want = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&rep(&v)?)?;
+        let got = attention_gqa(&q, &k, &v, n_rep, Some(&mask), 0.3)?.expect("f32 on CPU");
+        let contiguous = attention_gqa(&q, &k.contiguous()?, &v.contiguous()?, n_rep, None, 0.3)?
+            .expect("f32 on CPU");
+        let unmasked = candle_nn::ops::softmax_last_dim(&(q.matmul(&rep(&k)?.t()?)? * 0.3)?)?
+            .matmul(&rep(&v)?)?;
+        let diff_unmasked = (contiguous - unmasked)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff_unmasked < 1e-5, "{diff_unmasked}");
+        let diff = (got - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
         Ok(())
     }
 
