@@ -73,6 +73,8 @@ enum Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// How many checkpoint layers were stacked into this one (see [`Linear::stacked`]).
+    parts: usize,
 }
 
 impl Linear {
@@ -81,7 +83,50 @@ impl Linear {
         Self {
             weight: Weight::Dense(weight),
             bias,
+            parts: 1,
         }
+    }
+
+    /// Dense layers reading the same input, stacked along their output features into one: its
+    /// output is theirs concatenated in order. One matmul streams all the weights in one pass
+    /// (one parallel region, one quantization of the activations for quantized weights), as the
+    /// q/k/v and gate/up projections of a decoder layer want. Either every layer has a bias or
+    /// none has.
+    pub fn stacked(layers: &[Linear]) -> Result<Self> {
+        let mut weights = Vec::with_capacity(layers.len());
+        let mut biases = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            let Weight::Dense(w) = &layer.weight else {
+                candle_core::bail!("stacking linear layers: layer {i} is already quantized");
+            };
+            weights.push(w);
+            biases.extend(layer.bias.as_ref());
+        }
+        if weights.is_empty() {
+            candle_core::bail!("stacking linear layers: no layers given");
+        }
+        if !biases.is_empty() && biases.len() != weights.len() {
+            candle_core::bail!(
+                "stacking linear layers: {} of {} layers have a bias, expected all or none",
+                biases.len(),
+                weights.len()
+            );
+        }
+        let bias = if biases.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&biases, 0)?)
+        };
+        Ok(Self {
+            weight: Weight::Dense(Tensor::cat(&weights, 0)?),
+            bias,
+            parts: layers.iter().map(|l| l.parts).sum(),
+        })
+    }
+
+    /// How many checkpoint layers this one holds: more than one once [`Linear::stacked`].
+    pub fn parts(&self) -> usize {
+        self.parts
     }
 
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias` is true).
@@ -131,6 +176,7 @@ impl Linear {
                 kind,
             },
             bias: self.bias.clone(),
+            parts: self.parts,
         })
     }
 }
@@ -150,7 +196,11 @@ impl Module for Linear {
                 out_features,
                 ..
             } => {
-                let ys = match super::qgemv::matmul_t(&flat, blocks)? {
+                let ys = match if std::env::var_os("VLM_NO_QGEMV").is_some() {
+                    None
+                } else {
+                    super::qgemv::matmul_t(&flat, blocks)?
+                } {
                     Some(ys) => ys,
                     None => {
                         // candle's quantized kernels take f32 activations.

@@ -16,9 +16,9 @@ use crate::nn::{
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked along the output features: one pass over the
+    /// input (one activation quantization, one parallel region) instead of three.
+    qkv_proj: Linear,
     o_proj: Linear,
     num_heads: usize,
     num_kv_heads: usize,
@@ -30,9 +30,11 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
-            q_proj: Linear::new(h, nh * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
+            qkv_proj: Linear::stacked(&[
+                Linear::new(h, nh * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
+                Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
+                Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
+            ])?,
             o_proj: Linear::new(nh * hd, h, cfg.o_bias, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
@@ -50,9 +52,17 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = xs.dims3()?;
         let heads = |t: Tensor, n: usize| t.reshape((b, s, n, self.head_dim))?.transpose(1, 2);
-        let q = heads(self.q_proj.forward(xs)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(xs)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let qkv = self.qkv_proj.forward(xs)?;
+        let (nq, nkv) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let q = heads(qkv.narrow(2, 0, nq)?.contiguous()?, self.num_heads)?;
+        let k = heads(qkv.narrow(2, nq, nkv)?.contiguous()?, self.num_kv_heads)?;
+        let v = heads(
+            qkv.narrow(2, nq + nkv, nkv)?.contiguous()?,
+            self.num_kv_heads,
+        )?;
         let q = RotaryEmbedding::apply(&q, cos, sin)?;
         let k = RotaryEmbedding::apply(&k, cos, sin)?;
         let (k, v) = cache.append(&k, &v)?;
@@ -66,9 +76,10 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// `gate_proj` and `up_proj` stacked along the output features.
+    gate_up_proj: Linear,
     down_proj: Linear,
+    intermediate_size: usize,
     act: Activation,
 }
 
@@ -76,16 +87,25 @@ impl Mlp {
     fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: Linear::new(h, i, false, vb.pp("gate_proj"))?,
-            up_proj: Linear::new(h, i, false, vb.pp("up_proj"))?,
+            gate_up_proj: Linear::stacked(&[
+                Linear::new(h, i, false, vb.pp("gate_proj"))?,
+                Linear::new(h, i, false, vb.pp("up_proj"))?,
+            ])?,
             down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
+            intermediate_size: i,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.act.forward(&self.gate_proj.forward(xs)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let gate_up = self.gate_up_proj.forward(xs)?;
+        let last = gate_up.rank() - 1;
+        let i = self.intermediate_size;
+        let gate = self
+            .act
+            .forward(&gate_up.narrow(last, 0, i)?.contiguous()?)?;
+        self.down_proj
+            .forward(&(gate * gate_up.narrow(last, i, i)?)?)
     }
 }
 
@@ -112,9 +132,9 @@ impl Layer {
 /// What [`Decoder::quantize`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuantizeReport {
-    /// Linear layers now quantized.
+    /// Checkpoint linear layers now quantized (stacked q/k/v and gate/up count one each).
     pub quantized: usize,
-    /// Linear layers left dense because their input width is not a multiple of the block.
+    /// Checkpoint linear layers left dense: input width not a multiple of the block size.
     pub kept_dense: usize,
 }
 
@@ -247,28 +267,28 @@ impl Decoder {
     /// how many had to stay dense (input width not a multiple of the block size).
     pub fn quantize(&mut self, kind: Quantization) -> Result<QuantizeReport> {
         use rayon::prelude::*;
-        let mut linears: Vec<&mut Linear> = Vec::with_capacity(self.layers.len() * 7 + 1);
+        let mut linears: Vec<&mut Linear> = Vec::with_capacity(self.layers.len() * 4 + 1);
         for layer in self.layers.iter_mut() {
             let a = &mut layer.self_attn;
-            linears.extend([&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
+            linears.extend([&mut a.qkv_proj, &mut a.o_proj]);
             let m = &mut layer.mlp;
-            linears.extend([&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]);
+            linears.extend([&mut m.gate_up_proj, &mut m.down_proj]);
         }
         linears.push(&mut self.lm_head);
         // Block quantization is single-threaded per tensor; the layers are independent.
         let quantized = linears
             .into_par_iter()
-            .map(|l| -> Result<bool> {
+            .map(|l| -> Result<(bool, usize)> {
                 *l = l.quantized(kind)?;
-                Ok(l.quantization().is_some())
+                Ok((l.quantization().is_some(), l.parts()))
             })
-            .collect::<Result<Vec<bool>>>()?;
+            .collect::<Result<Vec<(bool, usize)>>>()?;
         let mut report = QuantizeReport::default();
-        for q in quantized {
+        for (q, parts) in quantized {
             if q {
-                report.quantized += 1;
+                report.quantized += parts;
             } else {
-                report.kept_dense += 1;
+                report.kept_dense += parts;
             }
         }
         Ok(report)
