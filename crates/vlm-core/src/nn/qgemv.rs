@@ -142,6 +142,10 @@ struct ActsQ8_0 {
     q: Vec<i8>,
     /// `(rows, in / 32)` scales.
     d: Vec<f32>,
+    /// `(rows, in / 32)`: `-128` times the sum of each block's values, which takes back what
+    /// reading the weights as unsigned (`w + 128`) adds to a block's dot product.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    offset: Vec<i32>,
     in_dim: usize,
 }
 
@@ -153,7 +157,16 @@ impl ActsQ8_0 {
             .zip(q.chunks_exact_mut(Q8_0_BLOCK))
             .map(|(x, q)| quantize_block(x, q))
             .collect();
-        Self { q, d, in_dim }
+        let offset = q
+            .chunks_exact(Q8_0_BLOCK)
+            .map(|b| -128 * b.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
+        Self {
+            q,
+            d,
+            offset,
+            in_dim,
+        }
     }
 
     fn rows(&self) -> usize {
@@ -365,79 +378,85 @@ mod x86 {
         }
     }
 
-    #[inline(always)]
-    unsafe fn f16_to_f32(p: *const u8) -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    /// `R` activation rows against the band, four weight rows at a time (four memory streams and
-    /// `4 R` independent accumulators), then one at a time for the rest.
+    /// `R` activation rows against the band, four weight rows at a time (four memory streams);
+    /// a last group of fewer rows repeats its last row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,avx2,fma")]
     unsafe fn band_q8_0_avx512<const R: usize>(acts: &ActsQ8_0, ws: &[u8], out: &mut [f32]) {
         let row_bytes = acts.in_dim / Q8_0_BLOCK * Q8_0_BYTES;
         let n = ws.len() / row_bytes;
         let mut o = 0;
-        while o + 4 <= n {
-            let sums = rows_q8_0::<R, 4>(acts, ws.as_ptr().add(o * row_bytes), row_bytes);
+        while o < n {
+            let rows = [0, 1, 2, 3].map(|j| ws.as_ptr().add((o + j).min(n - 1) * row_bytes));
+            let sums = rows_q8_0::<R>(acts, rows, row_bytes);
+            let take = (n - o).min(4);
             for (r, row) in sums.iter().enumerate() {
-                out[r * n + o..r * n + o + 4].copy_from_slice(row);
+                out[r * n + o..r * n + o + take].copy_from_slice(&row[..take]);
             }
             o += 4;
         }
-        while o < n {
-            let sums = rows_q8_0::<R, 1>(acts, ws.as_ptr().add(o * row_bytes), row_bytes);
-            for (r, row) in sums.iter().enumerate() {
-                out[r * n + o] = row[0];
-            }
-            o += 1;
-        }
     }
 
-    /// Per 32-weight block, weight row and activation row: `|w| . (x * sign(w))` (`vpdpbusd`
-    /// needs one unsigned operand; the products are unchanged), widened to f32 and scaled by
-    /// both block scales.
+    /// Two weight rows share a 512-bit register, one per half. Weights are read as unsigned
+    /// bytes `w ^ 0x80 = w + 128`, so one `vpdpbusd` against the signed activations gives a
+    /// block's dot product plus `128 * sum(x)`, which the accumulator starts at minus (in the
+    /// first lane of each half). Per block that is one integer instruction per pair of rows,
+    /// then one conversion and one FMA by the two rows' scales times the activation scale.
     // Indices address several per-row arrays at once.
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn rows_q8_0<const R: usize, const W: usize>(
+    unsafe fn rows_q8_0<const R: usize>(
         acts: &ActsQ8_0,
-        w: *const u8,
+        w: [*const u8; 4],
         row_bytes: usize,
-    ) -> [[f32; W]; R] {
+    ) -> [[f32; 4]; R] {
         let blocks = acts.in_dim / Q8_0_BLOCK;
         let xq = acts.q.as_ptr();
-        let mut acc = [[_mm256_setzero_ps(); W]; R];
+        let flip = _mm512_set1_epi8(-128);
+        // Lanes 0-7 take element 0 (the first row's scale), lanes 8-15 element 1.
+        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for b in 0..blocks {
-            let mut dx = [0f32; R];
-            let mut x = [_mm256_setzero_si256(); R];
-            for r in 0..R {
-                dx[r] = *acts.d.get_unchecked(r * blocks + b);
-                x[r] = _mm256_loadu_si256(xq.add(r * acts.in_dim + b * 32) as *const __m256i);
-            }
-            for j in 0..W {
-                let blk = w.add(j * row_bytes + b * Q8_0_BYTES);
+            let at = b * Q8_0_BYTES;
+            let mut wu = [_mm512_setzero_si512(); 2];
+            let mut dw = [_mm_setzero_ps(); 2];
+            for p in 0..2 {
+                let (lo, hi) = (w[2 * p].add(at), w[2 * p + 1].add(at));
                 // Rows of a narrow layer are only ~50 cache lines long, too short for the hardware
-                // prefetcher to ramp up: fetch the same block of the next group of rows into L2.
-                prefetch(blk.wrapping_add(W * row_bytes));
-                let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let wabs = _mm256_abs_epi8(wq);
-                let dw = f16_to_f32(blk);
-                for r in 0..R {
-                    let dot = _mm256_dpbusd_epi32(
-                        _mm256_setzero_si256(),
-                        wabs,
-                        _mm256_sign_epi8(x[r], wq),
+                // prefetcher to ramp up: fetch the same block of the next four rows into L2.
+                prefetch(lo.wrapping_add(4 * row_bytes));
+                prefetch(hi.wrapping_add(4 * row_bytes));
+                let pair = _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(lo.add(2) as *const __m256i)),
+                    _mm256_loadu_si256(hi.add(2) as *const __m256i),
+                );
+                wu[p] = _mm512_xor_si512(pair, flip);
+                let bits = (lo as *const u16).read_unaligned() as u32
+                    | ((hi as *const u16).read_unaligned() as u32) << 16;
+                dw[p] = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+            }
+            for r in 0..R {
+                let x = _mm256_loadu_si256(xq.add(r * acts.in_dim + b * 32) as *const __m256i);
+                let x = _mm512_broadcast_i64x4(x);
+                let start =
+                    _mm512_maskz_set1_epi32(0x0101, *acts.offset.get_unchecked(r * blocks + b));
+                let dx = _mm_set1_ps(*acts.d.get_unchecked(r * blocks + b));
+                for p in 0..2 {
+                    let dot = _mm512_dpbusd_epi32(start, wu[p], x);
+                    let scale = _mm512_permutexvar_ps(
+                        halves,
+                        _mm512_castps128_ps512(_mm_mul_ps(dw[p], dx)),
                     );
-                    let scale = _mm256_set1_ps(dw * dx[r]);
-                    acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r][j]);
+                    acc[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][p]);
                 }
             }
         }
-        let mut sums = [[0f32; W]; R];
+        let mut sums = [[0f32; 4]; R];
         for r in 0..R {
-            for j in 0..W {
-                sums[r][j] = hsum256(acc[r][j]);
+            for p in 0..2 {
+                let v = acc[r][p];
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                sums[r][2 * p] = hsum256(_mm512_castps512_ps256(v));
+                sums[r][2 * p + 1] = hsum256(hi);
             }
         }
         sums
@@ -601,7 +620,7 @@ mod tests {
             (GgmlDType::Q4K, 256, 0.08),
             (GgmlDType::Q4K, 1536, 0.08),
         ] {
-            for (rows, out_dim) in [(1usize, 37usize), (3, 70), (4, 33)] {
+            for (rows, out_dim) in [(1usize, 37usize), (3, 70), (4, 33), (2, 39)] {
                 let w = Tensor::from_vec(
                     random(out_dim * in_dim, &mut seed),
                     (out_dim, in_dim),
