@@ -130,8 +130,12 @@ fn quantize_block(xs: &[f32], q: &mut [i8]) -> f32 {
     let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    // |v * id| <= 127: adding and subtracting 1.5 * 2^23 rounds to nearest (ties to even, as
+    // GGML's SIMD quantizers do) in plain arithmetic that vectorizes, where `round` is a libm
+    // call per value.
+    const ROUND: f32 = 12_582_912.0;
     for (o, v) in q.iter_mut().zip(xs) {
-        *o = (v * id).round() as i8;
+        *o = ((v * id + ROUND) - ROUND) as i8;
     }
     d
 }
