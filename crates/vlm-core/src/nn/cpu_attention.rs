@@ -221,14 +221,14 @@ mod tests {
             let want =
                 candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? * 0.3)?)?.matmul(&v)?;
             let got = attention(&q, &k, &v, 0.3)?.expect("f32 on CPU is covered");
-            let diff = (got - want)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
+            let diff = max_abs_diff(&got, &want)?;
             assert!(diff < 1e-5, "({b}, {h}, {s}, {t}, {d}): {diff}");
         }
         Ok(())
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
     }
 
     #[test]
@@ -264,17 +264,9 @@ mod tests {
             .expect("f32 on CPU");
         let unmasked = candle_nn::ops::softmax_last_dim(&(q.matmul(&rep(&k)?.t()?)? * 0.3)?)?
             .matmul(&rep(&v)?)?;
-        let diff_unmasked = (contiguous - unmasked)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let diff_unmasked = max_abs_diff(&contiguous, &unmasked)?;
         assert!(diff_unmasked < 1e-5, "{diff_unmasked}");
-        let diff = (got - want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let diff = max_abs_diff(&got, &want)?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())
     }

@@ -239,6 +239,12 @@ mod tests {
         assert!(product().is_subnormal());
     }
 
+    fn softmax_f64(row: &[f32]) -> Vec<f64> {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        row.iter().map(|&x| (x as f64 - max).exp() / sum).collect()
+    }
+
     #[test]
     fn softmax_has_no_subnormal_results() {
         // Masked keys and scores far below the maximum, across the vector body and the tail.
@@ -251,10 +257,7 @@ mod tests {
             .collect();
         let mut got = row.clone();
         softmax(&mut got);
-        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-        let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-        for (g, &x) in got.iter().zip(&row) {
-            let want = (x as f64 - max).exp() / sum;
+        for ((g, &x), want) in got.iter().zip(&row).zip(softmax_f64(&row)) {
             if want < f32::MIN_POSITIVE as f64 {
                 assert_eq!(*g, 0.0, "{x}: {g} vs {want}");
             } else {
@@ -276,10 +279,7 @@ mod tests {
                 .collect();
             let mut got = row.clone();
             softmax(&mut got);
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-            for (g, &x) in got.iter().zip(&row) {
-                let want = (x as f64 - max).exp() / sum;
+            for (g, want) in got.iter().zip(softmax_f64(&row)) {
                 assert!(*g == 0.0 || g.is_normal(), "{n}: subnormal {g}");
                 assert!(
                     (*g as f64 - want).abs() <= 1e-6 * want.max(1e-30) + 1e-12,

@@ -194,14 +194,13 @@ impl Module for Linear {
                 matmul,
                 blocks,
                 out_features,
-                ..
+                kind,
             } => {
-                let ys = match if std::env::var_os("VLM_NO_QGEMV").is_some() {
-                    None
-                } else {
-                    super::qgemv::matmul_t(&flat, blocks)?
-                } {
+                let ys = match super::qgemv::matmul_t(&flat, blocks)? {
                     Some(ys) => ys,
+                    None if prefill_dequantized(*kind, blocks) => {
+                        q8_0_dequantized_matmul(&flat, blocks)?
+                    }
                     None => {
                         // candle's quantized kernels take f32 activations.
                         let ys = matmul.forward(&flat.to_dtype(DType::F32)?.contiguous()?)?;
@@ -223,6 +222,53 @@ impl Module for Linear {
     }
 }
 
+/// Whether a prefill (more rows than the decode kernels take) against these quantized weights runs
+/// as an f32 GEMM on dequantized weights. candle's fast x86 quantized GEMM (weights repacked for
+/// VNNI/AMX) needs widths that are multiples of 256; for other Q8_0 widths (SmolLM2's 576) it
+/// falls back to a dot product per row pair that ran a 2262-token SmolVLM-256M prefill 3x slower
+/// than f32. The dequantized product is also the more exact one (no 8-bit activations).
+fn prefill_dequantized(kind: Quantization, w: &QTensor) -> bool {
+    kind == Quantization::Q8_0
+        && matches!(w.device(), candle_core::Device::Cpu)
+        && w.shape().dims().last().is_some_and(|k| k % 256 != 0)
+}
+
+/// `x W^T` for a Q8_0 `W`, dequantizing [`WIDEN_BLOCK_ROWS`] weight rows at a time for candle's
+/// f32 GEMM, so no full f32 copy of the weight is allocated.
+fn q8_0_dequantized_matmul(x: &Tensor, w: &QTensor) -> Result<Tensor> {
+    widened_matmul(
+        x,
+        w.shape().dims2()?.0,
+        |start, n| match super::qgemv::dequantize_q8_0_rows(w, start, n)? {
+            Some(wf) => Ok(wf),
+            None => candle_core::bail!("expected a Q8_0 weight on the CPU, found {:?}", w.dtype()),
+        },
+    )
+}
+
+/// `x W^T` in f32 with `W` `(out, in)` produced [`WIDEN_BLOCK_ROWS`] rows at a time by
+/// `rows(start, n)` as f32, rounded back to `x`'s dtype at the end.
+fn widened_matmul(
+    x: &Tensor,
+    out: usize,
+    rows: impl Fn(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let xf = x.to_dtype(DType::F32)?;
+    let mut blocks = Vec::with_capacity(out.div_ceil(WIDEN_BLOCK_ROWS));
+    let mut start = 0;
+    while start < out {
+        let n = WIDEN_BLOCK_ROWS.min(out - start);
+        blocks.push(xf.matmul(&rows(start, n)?.t()?)?);
+        start += n;
+    }
+    let y = if blocks.len() == 1 {
+        blocks.remove(0)
+    } else {
+        Tensor::cat(&blocks, 1)?
+    };
+    y.to_dtype(x.dtype())
+}
+
 /// Output rows of a reduced-precision weight widened to f32 at a time: small enough that the
 /// widened block stays in cache and no full f32 copy of the weight is ever allocated.
 const WIDEN_BLOCK_ROWS: usize = 2048;
@@ -237,22 +283,9 @@ fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return Ok(y);
     }
     if super::gemv::widen_on_cpu(x.device(), x.dtype()) {
-        let xf = x.to_dtype(DType::F32)?;
-        let out = w.dim(0)?;
-        let mut blocks = Vec::with_capacity(out.div_ceil(WIDEN_BLOCK_ROWS));
-        let mut start = 0;
-        while start < out {
-            let n = WIDEN_BLOCK_ROWS.min(out - start);
-            let wf = w.narrow(0, start, n)?.to_dtype(DType::F32)?;
-            blocks.push(xf.matmul(&wf.t()?)?);
-            start += n;
-        }
-        let y = if blocks.len() == 1 {
-            blocks.remove(0)
-        } else {
-            Tensor::cat(&blocks, 1)?
-        };
-        return y.to_dtype(x.dtype());
+        return widened_matmul(x, w.dim(0)?, |start, n| {
+            w.narrow(0, start, n)?.to_dtype(DType::F32)
+        });
     }
     x.matmul(&w.t()?)
 }
@@ -285,6 +318,25 @@ mod tests {
             let err = relative_error(&got, &want)?;
             assert!(err < bound, "{kind:?}: relative error {err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn q8_0_prefill_off_the_256_grid_is_the_dequantized_product() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = (Tensor::randn(0f32, 1.0, (40, 576), &dev)? / 24.0)?;
+        let q = Linear::from_weights(w.clone(), None).quantized(Quantization::Q8_0)?;
+        let Weight::Quantized { blocks, .. } = &q.weight else {
+            panic!("576 is a multiple of 32: Q8_0 applies");
+        };
+        assert!(prefill_dequantized(Quantization::Q8_0, blocks));
+        let x = Tensor::randn(0f32, 1.0, (7, 576), &dev)?;
+        let got = q.forward(&x)?;
+        let exact = x.matmul(&blocks.dequantize(&dev)?.t()?)?;
+        let err = relative_error(&got, &exact)?;
+        assert!(err < 1e-6, "vs the dequantized product: {err}");
+        let err = relative_error(&got, &x.matmul(&w.t()?)?)?;
+        assert!(err < 0.01, "vs the dense layer: {err}");
         Ok(())
     }
 
