@@ -97,10 +97,9 @@ pub fn attention(
         let mask = mask.map(wide).transpose()?;
         return attention(&wide(q)?, &wide(k)?, &wide(v)?, mask.as_ref(), scale)?.to_dtype(dtype);
     }
-    if mask.is_none() {
-        if let Some(out) = super::cpu_attention::attention(q, k, v, scale)? {
-            return Ok(out);
-        }
+    // The fused CPU kernel takes no mask or a `(b, 1, s, t)` one; other shapes stay below.
+    if let Some(out) = super::cpu_attention::attention_gqa(q, k, v, 1, mask, scale)? {
+        return Ok(out);
     }
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = match mask {

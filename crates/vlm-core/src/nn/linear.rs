@@ -198,7 +198,7 @@ impl Module for Linear {
             } => {
                 let ys = match super::qgemv::matmul_t(&flat, blocks)? {
                     Some(ys) => ys,
-                    None if prefill_dequantized(*kind, blocks) => {
+                    None if prefill_dequantized(*kind, blocks, rows) => {
                         q8_0_dequantized_matmul(&flat, blocks)?
                     }
                     None => {
@@ -222,13 +222,15 @@ impl Module for Linear {
     }
 }
 
-/// Whether a prefill (more rows than the decode kernels take) against these quantized weights runs
-/// as an f32 GEMM on dequantized weights. candle's fast x86 quantized GEMM (weights repacked for
-/// VNNI/AMX) needs widths that are multiples of 256; for other Q8_0 widths (SmolLM2's 576) it
-/// falls back to a dot product per row pair that ran a 2262-token SmolVLM-256M prefill 3x slower
-/// than f32. The dequantized product is also the more exact one (no 8-bit activations).
-fn prefill_dequantized(kind: Quantization, w: &QTensor) -> bool {
-    kind == Quantization::Q8_0
+/// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these
+/// quantized weights run as an f32 GEMM on dequantized weights. candle's fast x86 quantized GEMM
+/// (weights repacked for VNNI/AMX) needs widths that are multiples of 256; for other Q8_0 widths
+/// (SmolLM2's 576) it falls back to a dot product per row pair that ran a 2262-token SmolVLM-256M
+/// prefill 3x slower than f32. The dequantized product is also the more exact one (no 8-bit
+/// activations).
+fn prefill_dequantized(kind: Quantization, w: &QTensor, rows: usize) -> bool {
+    rows > super::gemv::MAX_ROWS
+        && kind == Quantization::Q8_0
         && matches!(w.device(), candle_core::Device::Cpu)
         && w.shape().dims().last().is_some_and(|k| k % 256 != 0)
 }
@@ -329,7 +331,9 @@ mod tests {
         let Weight::Quantized { blocks, .. } = &q.weight else {
             panic!("576 is a multiple of 32: Q8_0 applies");
         };
-        assert!(prefill_dequantized(Quantization::Q8_0, blocks));
+        assert!(prefill_dequantized(Quantization::Q8_0, blocks, 7));
+        // Decode steps never dequantize the whole weight.
+        assert!(!prefill_dequantized(Quantization::Q8_0, blocks, 1));
         let x = Tensor::randn(0f32, 1.0, (7, 576), &dev)?;
         let got = q.forward(&x)?;
         let exact = x.matmul(&blocks.dequantize(&dev)?.t()?)?;
