@@ -32,6 +32,7 @@ fn matmul(c: &mut Criterion) -> Res<()> {
         ("decode_mlp_up", 1, 1536, 8960),
         ("decode_mlp_down", 1, 8960, 1536),
         ("prefill_mlp_up", 412, 1536, 8960),
+        ("prefill_mlp_down", 127, 8960, 1536),
         ("vision_mlp_up", 1024, 1280, 5120),
     ];
     let kinds: [(&str, DType, Option<Quantization>); 5] = [
@@ -50,6 +51,15 @@ fn matmul(c: &mut Criterion) -> Res<()> {
             let mut layer = linear(out_dim, in_dim, dtype)?;
             if let Some(q) = quant {
                 layer = layer.quantized(q)?;
+            } else if dtype == DType::F32 {
+                // candle's GEMM on the weight as stored, for the packed kernel to beat.
+                if rows > 1 {
+                    let x = input(rows, in_dim, dtype)?;
+                    group.bench_function(BenchmarkId::new(name, "f32_candle"), |b| {
+                        b.iter(|| layer.forward(&x).map(|y| y.dims().len()))
+                    });
+                }
+                layer = layer.packed()?;
             }
             let x = input(rows, in_dim, dtype)?;
             group.throughput(Throughput::Elements((rows * in_dim * out_dim) as u64));

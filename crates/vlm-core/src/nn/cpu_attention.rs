@@ -101,6 +101,11 @@ pub(crate) fn attention_gqa(
             ) else {
                 return; // checked above
             };
+            let kt = (s > 1).then(|| transpose(k, t, d));
+            let keys = match &kt {
+                Some(kt) => Keys::Columns(kt),
+                None => Keys::Rows(k),
+            };
             out_head
                 .par_chunks_mut(QUERY_BLOCK * d)
                 .enumerate()
@@ -108,7 +113,7 @@ pub(crate) fn attention_gqa(
                     let rows = o.len() / d;
                     let q = &q[blk * QUERY_BLOCK * d..][..rows * d];
                     let mask = md.map(|m| &m[(batch * s + blk * QUERY_BLOCK) * t..][..rows * t]);
-                    attend_block(q, k, v, mask, o, rows, t, d, scale);
+                    attend_block(q, keys, v, mask, o, rows, t, d, scale);
                 });
         });
     Ok(Some(Tensor::from_vec(out, (b, h, s, d), &Device::Cpu)?))
@@ -127,11 +132,34 @@ fn head_rows<'a>(
     data.get(at..at + len)
 }
 
+/// One head's keys: `(t, d)` rows as stored, or transposed to `(d, t)`.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    Rows(&'a [f32]),
+    Columns(&'a [f32]),
+}
+
+/// `(rows, cols)` row-major to `(cols, rows)` row-major.
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 16;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = x[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One head, `rows` query rows: `o = softmax(q k^T * scale + mask) v`.
 #[allow(clippy::too_many_arguments)]
 fn attend_block(
     q: &[f32],
-    k: &[f32],
+    k: Keys<'_>,
     v: &[f32],
     mask: Option<&[f32]>,
     o: &mut [f32],
@@ -141,7 +169,40 @@ fn attend_block(
     scale: f32,
 ) {
     let _flush = super::cpu_math::FlushSubnormals::new();
-    let mut scores = vec![0f32; rows * t];
+    SCORES.with_borrow_mut(|scores| {
+        // Grown, never shrunk: a fresh block of this size would be mmapped and page-faulted in
+        // on every call.
+        if scores.len() < rows * t {
+            scores.resize(rows * t, 0.0);
+        }
+        attend_block_into(q, k, v, mask, o, rows, t, d, scale, &mut scores[..rows * t]);
+    });
+}
+
+thread_local! {
+    /// Each worker's score block, reused across calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`attend_block`] with the `(rows, t)` score block given.
+#[allow(clippy::too_many_arguments)]
+fn attend_block_into(
+    q: &[f32],
+    k: Keys<'_>,
+    v: &[f32],
+    mask: Option<&[f32]>,
+    o: &mut [f32],
+    rows: usize,
+    t: usize,
+    d: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    // k^T as a (d, t) matrix: its column and row strides.
+    let (k_ptr, k_cs, k_rs) = match k {
+        Keys::Rows(k) => (k.as_ptr(), d as isize, 1),
+        Keys::Columns(kt) => (kt.as_ptr(), 1, t as isize),
+    };
     // SAFETY: every pointer/stride pair below describes a buffer of exactly the stated shape:
     // q (rows, d), k (t, d) read as k^T (d, t), scores (rows, t), v (t, d), o (rows, d), all
     // row-major and in bounds.
@@ -157,9 +218,9 @@ fn attend_block(
             q.as_ptr(),
             1,
             d as isize,
-            k.as_ptr(),
-            d as isize,
-            1,
+            k_ptr,
+            k_cs,
+            k_rs,
             0.0,
             scale,
             false,

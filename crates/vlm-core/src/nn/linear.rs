@@ -1,13 +1,15 @@
 //! A linear layer whose weight storage is an implementation detail.
 //!
-//! Model code only calls [`Linear::forward`]; the weight is held in a private enum, dense or
-//! quantized (candle's `QMatMul` over GGML blocks), so quantizing at load time touches no model
-//! file.
+//! Model code only calls [`Linear::forward`]; the weight is held in a private enum, dense,
+//! packed for our AVX-512 f32 GEMM, or quantized (candle's `QMatMul` over GGML blocks), so
+//! quantizing at load time touches no model file.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
+
+use super::sgemm::{self, PackedF32};
 use candle_nn::VarBuilder;
 
 /// Weight quantization applied at load time (GGML block formats, as in llama.cpp).
@@ -59,6 +61,8 @@ impl std::str::FromStr for Quantization {
 enum Weight {
     /// A dense `(out_features, in_features)` matrix, as PyTorch stores it.
     Dense(Tensor),
+    /// An f32 weight on an AVX-512 CPU, rearranged once for our GEMM (see `sgemm`).
+    Packed(Arc<PackedF32>),
     /// GGML blocks along `in_features`; the matmul runs in f32.
     Quantized {
         matmul: QMatMul,
@@ -94,22 +98,26 @@ impl Linear {
     /// none has.
     pub fn stacked(layers: &[Linear]) -> Result<Self> {
         let mut weights = Vec::with_capacity(layers.len());
+        let mut packed = Vec::with_capacity(layers.len());
         let mut biases = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
-            let Weight::Dense(w) = &layer.weight else {
-                candle_core::bail!("stacking linear layers: layer {i} is already quantized");
-            };
-            weights.push(w);
+            match &layer.weight {
+                Weight::Dense(w) => weights.push(w.clone()),
+                Weight::Packed(p) => packed.push(p.as_ref()),
+                Weight::Quantized { .. } => {
+                    candle_core::bail!("stacking linear layers: layer {i} is already quantized")
+                }
+            }
             biases.extend(layer.bias.as_ref());
         }
-        if weights.is_empty() {
+        if weights.is_empty() && packed.is_empty() {
             candle_core::bail!("stacking linear layers: no layers given");
         }
-        if !biases.is_empty() && biases.len() != weights.len() {
+        if !biases.is_empty() && biases.len() != layers.len() {
             candle_core::bail!(
                 "stacking linear layers: {} of {} layers have a bias, expected all or none",
                 biases.len(),
-                weights.len()
+                layers.len()
             );
         }
         let bias = if biases.is_empty() {
@@ -117,11 +125,68 @@ impl Linear {
         } else {
             Some(Tensor::cat(&biases, 0)?)
         };
+        let weight = if weights.is_empty() {
+            Weight::Packed(Arc::new(PackedF32::stack(&packed)?))
+        } else {
+            // Mixed layouts (not built by our loaders): back to dense, in order.
+            let dense = layers
+                .iter()
+                .map(|l| l.dense_weight())
+                .collect::<Result<Vec<_>>>()?;
+            Weight::Dense(Tensor::cat(&dense, 0)?)
+        };
         Ok(Self {
-            weight: Weight::Dense(Tensor::cat(&weights, 0)?),
+            weight,
             bias,
             parts: layers.iter().map(|l| l.parts).sum(),
         })
+    }
+
+    /// The weight as a dense `(out, in)` tensor: a view for dense layers, a copy for packed ones.
+    fn dense_weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Ok(w.clone()),
+            Weight::Packed(p) => p.to_tensor(),
+            Weight::Quantized { .. } => {
+                candle_core::bail!("expected a float weight, found a quantized one")
+            }
+        }
+    }
+
+    /// This layer with an f32 CPU weight packed for our AVX-512 GEMM, which every row count then
+    /// takes (a decode step too); unchanged on other devices, dtypes and CPUs.
+    pub fn packed(self) -> Result<Self> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(self);
+        };
+        if !sgemm::available() || !matches!(w.device(), Device::Cpu) || w.dtype() != DType::F32 {
+            return Ok(self);
+        }
+        let (out, inp) = w.dims2()?;
+        if inp == 0 {
+            return Ok(self);
+        }
+        let w = w.contiguous()?;
+        let packed = {
+            let (storage, layout) = w.storage_and_layout();
+            let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+                return Ok(self);
+            };
+            let start = layout.start_offset();
+            PackedF32::pack(&data[start..start + out * inp], out, inp)?
+        };
+        Ok(Self {
+            weight: Weight::Packed(Arc::new(packed)),
+            ..self
+        })
+    }
+
+    /// The dtype of the weight's values (f32 for quantized weights, which compute in f32).
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Dense(w) => w.dtype(),
+            Weight::Packed(_) | Weight::Quantized { .. } => DType::F32,
+        }
     }
 
     /// How many checkpoint layers this one holds: more than one once [`Linear::stacked`].
@@ -137,21 +202,21 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self::from_weights(weight, bias))
+        Self::from_weights(weight, bias).packed()
     }
 
-    /// The dense weight, `(out_features, in_features)`; `None` once quantized.
+    /// The dense weight, `(out_features, in_features)`; `None` once quantized or packed.
     pub fn weight(&self) -> Option<&Tensor> {
         match &self.weight {
             Weight::Dense(w) => Some(w),
-            Weight::Quantized { .. } => None,
+            Weight::Packed(_) | Weight::Quantized { .. } => None,
         }
     }
 
     /// The quantization of the weight, if any.
     pub fn quantization(&self) -> Option<Quantization> {
         match &self.weight {
-            Weight::Dense(_) => None,
+            Weight::Dense(_) | Weight::Packed(_) => None,
             Weight::Quantized { kind, .. } => Some(*kind),
         }
     }
@@ -160,9 +225,12 @@ impl Linear {
     /// input width is not a multiple of the block size cannot be quantized and is returned
     /// unchanged; [`Linear::quantization`] tells which happened.
     pub fn quantized(&self, kind: Quantization) -> Result<Self> {
-        let Weight::Dense(w) = &self.weight else {
-            return Ok(self.clone());
+        let w = match &self.weight {
+            Weight::Dense(w) => w.clone(),
+            Weight::Packed(p) => p.to_tensor()?,
+            Weight::Quantized { .. } => return Ok(self.clone()),
         };
+        let w = &w;
         let (out_features, in_features) = w.dims2()?;
         if in_features % kind.block_size() != 0 {
             return Ok(self.clone());
@@ -190,6 +258,7 @@ impl Module for Linear {
         let flat = xs.reshape((rows, in_dim))?;
         let (ys, out_features) = match &self.weight {
             Weight::Dense(w) => (dense_matmul(&flat, w)?, w.dim(0)?),
+            Weight::Packed(p) => (packed_matmul(&flat, p)?, p.out_features()),
             Weight::Quantized {
                 matmul,
                 blocks,
@@ -220,6 +289,30 @@ impl Module for Linear {
         }
         ys.reshape(out_dims)
     }
+}
+
+/// `x W^T` on packed f32 weights; `x` is widened to f32 if needed and the result rounded back.
+fn packed_matmul(x: &Tensor, w: &PackedF32) -> Result<Tensor> {
+    let (rows, in_dim) = x.dims2()?;
+    if in_dim != w.in_features() {
+        candle_core::bail!(
+            "linear layer: expected inputs of width {}, found {in_dim}",
+            w.in_features()
+        );
+    }
+    let xf = x.to_dtype(DType::F32)?.contiguous()?;
+    let y = {
+        let (storage, layout) = xf.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            candle_core::bail!(
+                "linear layer: packed weights take CPU inputs, found {:?}",
+                x.device()
+            );
+        };
+        let start = layout.start_offset();
+        w.matmul_t(&data[start..start + rows * in_dim], rows)?
+    };
+    Tensor::from_vec(y, (rows, w.out_features()), &Device::Cpu)?.to_dtype(x.dtype())
 }
 
 /// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these
@@ -341,6 +434,41 @@ mod tests {
         assert!(err < 1e-6, "vs the dequantized product: {err}");
         let err = relative_error(&got, &x.matmul(&w.t()?)?)?;
         assert!(err < 0.01, "vs the dense layer: {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn packed_layers_match_dense_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = |out: usize| Tensor::randn(0f32, 1.0, (out, 64), &dev);
+        let (wq, wk) = (w(64)?, w(20)?);
+        let (bq, bk) = (
+            Tensor::randn(0f32, 1.0, 64, &dev)?,
+            Tensor::randn(0f32, 1.0, 20, &dev)?,
+        );
+        let dense = [
+            Linear::from_weights(wq.clone(), Some(bq.clone())),
+            Linear::from_weights(wk.clone(), Some(bk.clone())),
+        ];
+        let packed = [dense[0].clone().packed()?, dense[1].clone().packed()?];
+        assert_eq!(
+            packed[0].weight().is_none(),
+            super::sgemm::available(),
+            "f32 CPU weights pack exactly where the kernels run"
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 64), &dev)?;
+        let want = Linear::stacked(&dense)?.forward(&x)?;
+        let got = Linear::stacked(&packed)?.forward(&x)?;
+        assert_eq!(got.dims(), [2, 7, 84]);
+        assert!(relative_error(&got, &want)? < 1e-6);
+        // One row (a decode step) and quantizing a packed layer.
+        let one = x.narrow(1, 0, 1)?;
+        let diff = relative_error(&packed[1].forward(&one)?, &dense[1].forward(&one)?)?;
+        assert!(diff < 1e-6, "{diff}");
+        let q = packed[0].quantized(Quantization::Q8_0)?;
+        assert_eq!(q.quantization(), Some(Quantization::Q8_0));
+        let diff = relative_error(&q.forward(&x)?, &dense[0].forward(&x)?)?;
+        assert!(diff < 0.02, "{diff}");
         Ok(())
     }
 

@@ -11,6 +11,7 @@ mod linear;
 mod norm;
 mod qgemv;
 mod rope;
+mod sgemm;
 mod varlen;
 
 pub use activation::Activation;

@@ -187,7 +187,7 @@ impl QwenVisionTower {
 
     /// The dtype of the weights (inputs are cast to it).
     pub fn dtype(&self) -> DType {
-        self.patch_embed.weight().map_or(DType::F32, |w| w.dtype())
+        self.patch_embed.dtype()
     }
 }
 

@@ -1,0 +1,494 @@
+//! f32 `x W^T` against weights packed once, at load time, for AVX-512.
+//!
+//! A GEMM kernel wants each step to read a few consecutive output features of one input feature
+//! (one vector of weights) and broadcast one activation against it. PyTorch's `(out, in)` layout
+//! has the opposite order, so a general GEMM (candle's, through the `gemm` crate) repacks the
+//! weight on every call, and for a prefill of a few hundred rows that repacking (a strided,
+//! scalar gather) cost two thirds as much as the multiplication itself. Here the weight is
+//! rearranged once into panels of [`NR`] output features, each panel `(in, NR)` contiguous and
+//! 64-byte aligned, and every call reads it in place:
+//!
+//! - the microkernel keeps an `MR x NR` block of outputs in 24 registers, and per input feature
+//!   loads two weight vectors and broadcasts `MR` activations;
+//! - activations are rearranged per call into tiles of `MR` rows, `(in, MR)` each, so the
+//!   broadcasts read one stream at fixed offsets (cheap: activations are small next to weights);
+//! - the input features run in blocks of [`KC`] and the rows in blocks of [`MC`] so a panel's
+//!   block and an activation block share L2, and rayon splits the panels;
+//! - one activation row (a decode step) is the same kernel at `MR = 1`, streaming each panel
+//!   once: as bandwidth-bound as a row-major GEMV.
+//!
+//! Each output is a sequential f32 sum over the input features, as a plain dot product would
+//! be. Only x86-64 CPUs with AVX-512F use this (`available`); elsewhere weights stay in
+//! PyTorch's layout for candle's kernels.
+#![allow(unsafe_code)]
+
+use candle_core::{Result, Tensor};
+use rayon::prelude::*;
+
+/// Output features per panel: two AVX-512 vectors.
+pub(crate) const NR: usize = 32;
+/// Activation rows per microkernel call.
+const MR: usize = 12;
+/// Input features per block: every Qwen2-VL/SigLIP width but the MLP down projections in one
+/// block, so most outputs are written once. A panel's block (256 KB) stays in L2 while it meets
+/// every row tile of an activation block.
+const KC: usize = 2048;
+/// Activation rows per block (a `MC x KC` block of activations: 768 KB, in L2 beside the panel
+/// block); a multiple of [`MR`], so blocks hold whole tiles.
+const MC: usize = 96;
+/// Panels per rayon task when there are many rows; fewer rows take fewer panels per task so
+/// both cores get work.
+const PANELS_PER_TASK: usize = 8;
+
+/// One cache line of f32s: the unit of a packed weight's storage, so panels are 64-byte aligned.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A `(out, in)` f32 weight rearranged into `ceil(out / NR)` panels of `(in, NR)` (the last one
+/// padded with zeros).
+#[derive(Clone)]
+pub(crate) struct PackedF32 {
+    lines: Vec<Line>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl std::fmt::Debug for PackedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedF32({} x {})", self.out_features, self.in_features)
+    }
+}
+
+/// Whether this CPU runs the packed kernels (checked once).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512
+            .get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedF32 {
+    /// Packs a row-major `(out, in)` weight.
+    pub(crate) fn pack(w: &[f32], out_features: usize, in_features: usize) -> Result<Self> {
+        if w.len() != out_features * in_features || in_features == 0 {
+            candle_core::bail!(
+                "packing a linear weight: expected {out_features} x {in_features} values \
+                 (in_features > 0), found {}",
+                w.len()
+            );
+        }
+        let panels = out_features.div_ceil(NR);
+        let panel_lines = in_features * NR / 16;
+        let mut lines = vec![Line::default(); panels * panel_lines];
+        lines
+            .par_chunks_mut(panel_lines)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let first = p * NR;
+                let width = NR.min(out_features - first);
+                for j in 0..width {
+                    let row = &w[(first + j) * in_features..][..in_features];
+                    for (k, &v) in row.iter().enumerate() {
+                        panel[k * 2 + j / 16].0[j % 16] = v;
+                    }
+                }
+            });
+        Ok(Self {
+            lines,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// Several packed weights reading the same input, their outputs concatenated. Panels are
+    /// independent, so when every part but the last fills whole panels this is a copy.
+    pub(crate) fn stack(parts: &[&PackedF32]) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            candle_core::bail!("stacking packed weights: no weights given");
+        };
+        let in_features = first.in_features;
+        if let Some(p) = parts.iter().find(|p| p.in_features != in_features) {
+            candle_core::bail!(
+                "stacking packed weights: input widths {in_features} and {} differ",
+                p.in_features
+            );
+        }
+        let whole = parts[..parts.len() - 1]
+            .iter()
+            .all(|p| p.out_features % NR == 0);
+        let out_features = parts.iter().map(|p| p.out_features).sum();
+        if whole {
+            let lines = parts.iter().flat_map(|p| p.lines.iter().copied()).collect();
+            return Ok(Self {
+                lines,
+                out_features,
+                in_features,
+            });
+        }
+        let mut dense = Vec::with_capacity(out_features * in_features);
+        for p in parts {
+            dense.extend(p.unpack());
+        }
+        Self::pack(&dense, out_features, in_features)
+    }
+
+    /// The weight back in row-major `(out, in)` order.
+    pub(crate) fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.out_features, self.in_features);
+        let mut w = vec![0f32; n * k];
+        let panel_lines = k * NR / 16;
+        for (o, row) in w.chunks_exact_mut(k).enumerate() {
+            let panel = &self.lines[o / NR * panel_lines..][..panel_lines];
+            let j = o % NR;
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = panel[kk * 2 + j / 16].0[j % 16];
+            }
+        }
+        w
+    }
+
+    /// [`unpack`](Self::unpack) as a tensor.
+    pub(crate) fn to_tensor(&self) -> Result<Tensor> {
+        Tensor::from_vec(
+            self.unpack(),
+            (self.out_features, self.in_features),
+            &candle_core::Device::Cpu,
+        )
+    }
+
+    pub(crate) fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub(crate) fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// `x W^T` for `x` row-major `(rows, in)`: `(rows, out)` row-major.
+    pub(crate) fn matmul_t(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (n, k) = (self.out_features, self.in_features);
+        if x.len() != rows * k {
+            candle_core::bail!(
+                "packed matmul: expected {rows} x {k} activations, found {} values",
+                x.len()
+            );
+        }
+        if !available() {
+            candle_core::bail!("packed matmul: this CPU lacks AVX-512F/FMA");
+        }
+        let mut y = vec![0f32; rows * n];
+        if rows == 0 || n == 0 {
+            return Ok(y);
+        }
+        let panels = n.div_ceil(NR);
+        let panel_len = k * NR;
+        // Few rows are bandwidth bound: small tasks so both cores stream. Many rows: enough
+        // panels per task to reuse each activation block across them.
+        let per_task = if rows <= MR { 4 } else { PANELS_PER_TASK };
+        // Activations in tiles of MR rows, each `(k, tile rows)`: the microkernel's broadcasts
+        // then read one stream at fixed offsets. One row is already in that layout.
+        let packed_x;
+        let xp: &[f32] = if rows == 1 {
+            x
+        } else {
+            packed_x = pack_rows(x, rows, k);
+            &packed_x
+        };
+        let y_ptr = SharedOut(y.as_mut_ptr());
+        let tasks = panels.div_ceil(per_task);
+        (0..tasks).into_par_iter().for_each(|t| {
+            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
+            // SAFETY: `available()` checked the features; panel `p` owns output columns
+            // `[p * NR, min((p + 1) * NR, n))` of every row, disjoint across tasks, and every
+            // pointer below stays inside `x` (rows x k), the panels, and `y` (rows x n).
+            unsafe {
+                let y = y_ptr.get();
+                for k0 in (0..k).step_by(KC) {
+                    let kc = KC.min(k - k0);
+                    for r0 in (0..rows).step_by(MC) {
+                        let mc = MC.min(rows - r0);
+                        for p in p0..p1 {
+                            let w =
+                                (self.lines.as_ptr() as *const f32).add(p * panel_len + k0 * NR);
+                            let cols = NR.min(n - p * NR);
+                            let mut r = r0;
+                            while r < r0 + mc {
+                                let mr = MR.min(rows - r);
+                                let xs = xp.as_ptr().add(r * k + k0 * mr);
+                                let ys = y.add(r * n + p * NR);
+                                block(mr, xs, mr, w, kc, ys, n, cols, k0 > 0);
+                                r += mr;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok(y)
+    }
+}
+
+/// `x` `(rows, k)` row-major as consecutive tiles of [`MR`] rows (the last may be shorter), each
+/// tile `(k, its rows)` row-major.
+fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * k];
+    out.par_chunks_mut(MR * k)
+        .zip(x.par_chunks(MR * k))
+        .for_each(|(o, xs)| {
+            let mr = xs.len() / k;
+            for (i, row) in xs.chunks_exact(k).enumerate() {
+                for (kk, &v) in row.iter().enumerate() {
+                    o[kk * mr + i] = v;
+                }
+            }
+        });
+    out
+}
+
+/// The output buffer, written by rayon tasks at disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_t`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Dispatches `mr <= MR` rows to the kernel compiled for that many.
+///
+/// # Safety
+/// AVX-512F and FMA are present; `x` holds `kc` steps of stride `ldk` with `mr` readable values
+/// each (a tile of packed activations), `w` holds `kc * NR` values, `y` holds `mr` rows of stride `ldy` with `cols <= NR`
+/// writable values each.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    mr: usize,
+    x: *const f32,
+    ldk: usize,
+    w: *const f32,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = match mr {
+            12 => x86::tile::<12>,
+            11 => x86::tile::<11>,
+            10 => x86::tile::<10>,
+            9 => x86::tile::<9>,
+            8 => x86::tile::<8>,
+            7 => x86::tile::<7>,
+            6 => x86::tile::<6>,
+            5 => x86::tile::<5>,
+            4 => x86::tile::<4>,
+            3 => x86::tile::<3>,
+            2 => x86::tile::<2>,
+            _ => x86::row,
+        };
+        f(x, ldk, w, kc, y, ldy, cols, accumulate);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (mr, x, ldk, w, kc, y, ldy, cols, accumulate);
+        unreachable!("packed weights are only built where `available()`");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::NR;
+    use std::arch::x86_64::*;
+
+    /// `y[i][..cols] (+)= sum_k x[k][i] * w[k][..cols]` for `R` rows.
+    ///
+    /// # Safety
+    /// As [`super::block`], with `R` rows.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn tile<const R: usize>(
+        x: *const f32,
+        ldk: usize,
+        w: *const f32,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for k in 0..kc {
+            let w0 = _mm512_load_ps(w.add(k * NR));
+            let w1 = _mm512_load_ps(w.add(k * NR + 16));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*x.add(k * ldk + i));
+                a[0] = _mm512_fmadd_ps(b, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(b, w1, a[1]);
+            }
+        }
+        store(y, ldy, &acc, cols, accumulate);
+    }
+
+    /// `y[i][..cols] (+)= acc[i]` for each row `i`.
+    #[inline(always)]
+    unsafe fn store<const R: usize>(
+        y: *mut f32,
+        ldy: usize,
+        acc: &[[__m512; 2]; R],
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let lo: __mmask16 = if cols >= 16 {
+            0xffff
+        } else {
+            (1u32 << cols) as u16 - 1
+        };
+        let hi: __mmask16 = if cols >= NR {
+            0xffff
+        } else if cols > 16 {
+            (1u32 << (cols - 16)) as u16 - 1
+        } else {
+            0
+        };
+        for (i, a) in acc.iter().enumerate() {
+            let row = y.add(i * ldy);
+            let (mut v0, mut v1) = (a[0], a[1]);
+            if accumulate {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lo, row));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, row.add(16)));
+            }
+            _mm512_mask_storeu_ps(row, lo, v0);
+            _mm512_mask_storeu_ps(row.add(16), hi, v1);
+        }
+    }
+
+    /// [`tile`] for one row (a decode step): bound by how fast the panel streams in, so four
+    /// input features per step into independent accumulators keep more loads in flight than
+    /// one dependent chain of FMAs would.
+    ///
+    /// # Safety
+    /// As [`super::block`], with one row.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn row(
+        x: *const f32,
+        ldk: usize,
+        w: *const f32,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut k = 0;
+        while k + 4 <= kc {
+            for u in 0..4 {
+                let b = _mm512_set1_ps(*x.add((k + u) * ldk));
+                let wk = w.add((k + u) * NR);
+                acc[2 * u] = _mm512_fmadd_ps(b, _mm512_load_ps(wk), acc[2 * u]);
+                acc[2 * u + 1] = _mm512_fmadd_ps(b, _mm512_load_ps(wk.add(16)), acc[2 * u + 1]);
+            }
+            k += 4;
+        }
+        while k < kc {
+            let b = _mm512_set1_ps(*x.add(k * ldk));
+            acc[0] = _mm512_fmadd_ps(b, _mm512_load_ps(w.add(k * NR)), acc[0]);
+            acc[1] = _mm512_fmadd_ps(b, _mm512_load_ps(w.add(k * NR + 16)), acc[1]);
+            k += 1;
+        }
+        let v0 = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[4], acc[6]));
+        let v1 = _mm512_add_ps(_mm512_add_ps(acc[1], acc[3]), _mm512_add_ps(acc[5], acc[7]));
+        store(y, ldy, &[[v0, v1]], cols, accumulate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], rows: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                let s: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * w[o * k + i] as f64)
+                    .sum();
+                y[r * n + o] = s as f32;
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic, no dependency.
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_round_trips_and_stacks() -> Result<()> {
+        let (n, k) = (45, 7);
+        let w = values(n * k, 1);
+        let p = PackedF32::pack(&w, n, k)?;
+        assert_eq!(p.unpack(), w);
+        let q = PackedF32::pack(&w[..32 * k], 32, k)?;
+        let r = PackedF32::pack(&w[32 * k..], n - 32, k)?;
+        // Whole panels first (a copy), then a ragged part first (repacked).
+        assert_eq!(PackedF32::stack(&[&q, &r])?.unpack(), w);
+        let mut swapped = w[32 * k..].to_vec();
+        swapped.extend_from_slice(&w[..32 * k]);
+        assert_eq!(PackedF32::stack(&[&r, &q])?.unpack(), swapped);
+        assert!(PackedF32::pack(&w, n, k + 1).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn matmul_matches_a_dot_product_at_every_edge() -> Result<()> {
+        if !available() {
+            // Without the kernels, nothing packs weights, and a direct call is an error.
+            let p = PackedF32::pack(&values(64, 4), 8, 8)?;
+            assert!(p.matmul_t(&values(8, 5), 1).is_err());
+            return Ok(());
+        }
+        // Row counts across the microkernel and row-block edges, widths off the panel grid,
+        // input widths across the K block.
+        for (rows, n, k) in [
+            (1, 32, 8),
+            (1, 70, 300),
+            (3, 33, 257),
+            (12, 64, 256),
+            (13, 31, 5),
+            (200, 96, 513),
+        ] {
+            let x = values(rows * k, 2);
+            let w = values(n * k, 3);
+            let got = PackedF32::pack(&w, n, k)?.matmul_t(&x, rows)?;
+            let want = reference(&x, &w, rows, n, k);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                    "({rows}, {n}, {k}) at {i}: {g} vs {e}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
