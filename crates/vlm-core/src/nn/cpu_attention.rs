@@ -5,7 +5,9 @@
 //! single-threaded pass to scale it, a softmax, and a second matmul, with every intermediate
 //! freshly allocated and page-faulted in. Here each rayon task takes one head and 64 query rows:
 //! scores for that block (256 KB, in L2) come from one GEMM with the scale folded in, the
-//! softmax runs in place, and a second GEMM writes the output rows. The arithmetic is the
+//! softmax runs in place, and a second GEMM writes the output rows. Keys are transposed once
+//! per head (the GEMM would otherwise gather them column by column for every block), and each
+//! worker reuses its score buffer. The arithmetic is the
 //! reference's: f32 scores, max-subtracted softmax in f32, f32 accumulation.
 #![allow(unsafe_code)]
 
@@ -113,7 +115,15 @@ pub(crate) fn attention_gqa(
                     let rows = o.len() / d;
                     let q = &q[blk * QUERY_BLOCK * d..][..rows * d];
                     let mask = md.map(|m| &m[(batch * s + blk * QUERY_BLOCK) * t..][..rows * t]);
-                    attend_block(q, keys, v, mask, o, rows, t, d, scale);
+                    SCORES.with_borrow_mut(|scores| {
+                        // Grown, never shrunk: a fresh block of this size would be mmapped
+                        // and page-faulted in on every call.
+                        if scores.len() < rows * t {
+                            scores.resize(rows * t, 0.0);
+                        }
+                        let scores = &mut scores[..rows * t];
+                        attend_block(q, keys, v, mask, o, rows, t, d, scale, scores);
+                    });
                 });
         });
     Ok(Some(Tensor::from_vec(out, (b, h, s, d), &Device::Cpu)?))
@@ -155,7 +165,13 @@ fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// One head, `rows` query rows: `o = softmax(q k^T * scale + mask) v`.
+thread_local! {
+    /// Each worker's score block, reused across calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One head, `rows` query rows: `o = softmax(q k^T * scale + mask) v`, with the `(rows, t)`
+/// score block in `scores`.
 #[allow(clippy::too_many_arguments)]
 fn attend_block(
     q: &[f32],
@@ -167,37 +183,9 @@ fn attend_block(
     t: usize,
     d: usize,
     scale: f32,
-) {
-    let _flush = super::cpu_math::FlushSubnormals::new();
-    SCORES.with_borrow_mut(|scores| {
-        // Grown, never shrunk: a fresh block of this size would be mmapped and page-faulted in
-        // on every call.
-        if scores.len() < rows * t {
-            scores.resize(rows * t, 0.0);
-        }
-        attend_block_into(q, k, v, mask, o, rows, t, d, scale, &mut scores[..rows * t]);
-    });
-}
-
-thread_local! {
-    /// Each worker's score block, reused across calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// [`attend_block`] with the `(rows, t)` score block given.
-#[allow(clippy::too_many_arguments)]
-fn attend_block_into(
-    q: &[f32],
-    k: Keys<'_>,
-    v: &[f32],
-    mask: Option<&[f32]>,
-    o: &mut [f32],
-    rows: usize,
-    t: usize,
-    d: usize,
-    scale: f32,
     scores: &mut [f32],
 ) {
+    let _flush = super::cpu_math::FlushSubnormals::new();
     // k^T as a (d, t) matrix: its column and row strides.
     let (k_ptr, k_cs, k_rs) = match k {
         Keys::Rows(k) => (k.as_ptr(), d as isize, 1),
