@@ -267,9 +267,9 @@ impl SharedOut {
 /// Dispatches `mr <= MR` rows to the kernel compiled for that many.
 ///
 /// # Safety
-/// AVX-512F and FMA are present; `x` holds `kc` steps of stride `ldk` with `mr` readable values
-/// each (a tile of packed activations), `w` holds `kc * NR` values, `y` holds `mr` rows of stride `ldy` with `cols <= NR`
-/// writable values each.
+/// On x86, AVX-512F and FMA are present. `x` holds `kc` steps of stride `ldk` with `mr` readable
+/// values each (a tile of packed activations), `w` holds `kc * NR` values, `y` holds `mr` rows of
+/// stride `ldy` with `cols <= NR` writable values each.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
     mr: usize,
@@ -300,10 +300,18 @@ unsafe fn block(
         };
         f(x, ldk, w, kc, y, ldy, cols, accumulate);
     }
+    // Portable form of the same tile. Nothing packs weights where `available()` is false, so
+    // this only keeps `block` total off x86.
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (mr, x, ldk, w, kc, y, ldy, cols, accumulate);
-        unreachable!("packed weights are only built where `available()`");
+    for i in 0..mr {
+        for j in 0..cols {
+            let mut sum = 0f32;
+            for k in 0..kc {
+                sum += *x.add(k * ldk + i) * *w.add(k * NR + j);
+            }
+            let out = y.add(i * ldy + j);
+            *out = if accumulate { *out + sum } else { sum };
+        }
     }
 }
 
