@@ -226,6 +226,104 @@ pub(crate) fn unary(xs: &Tensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> Result
     Ok(Some(Tensor::from_vec(out, xs.shape(), &Device::Cpu)?))
 }
 
+/// Rows per rayon task of [`rows`] (at least; more when rows are short).
+const ROW_CHUNK_ELEMS: usize = 1 << 14;
+
+/// `f(row, out_row)` over every row of width `xs.dim(-1)` of an f32 tensor on the CPU, in
+/// parallel, or `None` for other devices and dtypes. `f` is compiled for AVX-512 / AVX2 where
+/// the CPU has them, so plain loops over lanes in it vectorize.
+pub(crate) fn rows(
+    xs: &Tensor,
+    f: impl Fn(&[f32], &mut [f32]) + Sync + Copy,
+) -> Result<Option<Tensor>> {
+    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 || xs.rank() == 0 {
+        return Ok(None);
+    }
+    let width = xs.dim(candle_core::D::Minus1)?;
+    if width == 0 {
+        return Ok(None);
+    }
+    let xs = xs.contiguous()?;
+    let out = {
+        let (storage, layout) = xs.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            return Ok(None);
+        };
+        let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
+        let mut out = vec![0f32; src.len()];
+        let chunk = ROW_CHUNK_ELEMS.div_ceil(width) * width;
+        out.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(o, i)| map_rows(i, o, width, f));
+        out
+    };
+    Ok(Some(Tensor::from_vec(out, xs.shape(), &Device::Cpu)?))
+}
+
+fn map_rows(src: &[f32], dst: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    match x86_level() {
+        // SAFETY: the CPU has the features each function is compiled for.
+        X86Level::Avx512 => return unsafe { map_rows_avx512(src, dst, width, f) },
+        X86Level::Avx2Fma => return unsafe { map_rows_avx2(src, dst, width, f) },
+        X86Level::Baseline => {}
+    }
+    map_rows_body(src, dst, width, f)
+}
+
+#[inline(always)]
+fn map_rows_body(src: &[f32], dst: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32])) {
+    for (o, i) in dst.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
+        f(i, o);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn map_rows_avx512(
+    src: &[f32],
+    dst: &mut [f32],
+    width: usize,
+    f: impl Fn(&[f32], &mut [f32]),
+) {
+    map_rows_body(src, dst, width, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_rows_avx2(
+    src: &[f32],
+    dst: &mut [f32],
+    width: usize,
+    f: impl Fn(&[f32], &mut [f32]),
+) {
+    map_rows_body(src, dst, width, f)
+}
+
+/// The sum of `xs` in 16 interleaved f32 lanes (a shape that vectorizes), lanes then added
+/// pairwise.
+#[inline(always)]
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x);
+    }
+    let mut n = 16;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            acc[i] += acc[i + n];
+        }
+    }
+    acc[0]
+}
+
 fn map(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     #[cfg(target_arch = "x86_64")]
     match x86_level() {

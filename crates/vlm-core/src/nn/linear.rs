@@ -256,9 +256,11 @@ impl Module for Linear {
         let rows = xs.elem_count() / in_dim.max(1);
         // Fold every leading dimension into one so the matmul is a single GEMM against W^T.
         let flat = xs.reshape((rows, in_dim))?;
+        // The packed kernel adds the bias as it stores each output.
+        let mut bias = self.bias.as_ref();
         let (ys, out_features) = match &self.weight {
             Weight::Dense(w) => (dense_matmul(&flat, w)?, w.dim(0)?),
-            Weight::Packed(p) => (packed_matmul(&flat, p)?, p.out_features()),
+            Weight::Packed(p) => (packed_matmul(&flat, p, bias.take())?, p.out_features()),
             Weight::Quantized {
                 matmul,
                 blocks,
@@ -279,7 +281,7 @@ impl Module for Linear {
                 (ys, *out_features)
             }
         };
-        let ys = match &self.bias {
+        let ys = match bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
         };
@@ -291,8 +293,9 @@ impl Module for Linear {
     }
 }
 
-/// `x W^T` on packed f32 weights; `x` is widened to f32 if needed and the result rounded back.
-fn packed_matmul(x: &Tensor, w: &PackedF32) -> Result<Tensor> {
+/// `x W^T + b` on packed f32 weights; `x` is widened to f32 if needed and the result rounded
+/// back.
+fn packed_matmul(x: &Tensor, w: &PackedF32, bias: Option<&Tensor>) -> Result<Tensor> {
     let (rows, in_dim) = x.dims2()?;
     if in_dim != w.in_features() {
         candle_core::bail!(
@@ -301,18 +304,28 @@ fn packed_matmul(x: &Tensor, w: &PackedF32) -> Result<Tensor> {
         );
     }
     let xf = x.to_dtype(DType::F32)?.contiguous()?;
-    let y = {
-        let (storage, layout) = xf.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            candle_core::bail!(
-                "linear layer: packed weights take CPU inputs, found {:?}",
-                x.device()
-            );
-        };
-        let start = layout.start_offset();
-        w.matmul_t(&data[start..start + rows * in_dim], rows)?
-    };
+    let bias = bias
+        .map(|b| b.to_dtype(DType::F32)?.contiguous())
+        .transpose()?;
+    let y = with_cpu_f32(&xf, "inputs", |x| match &bias {
+        Some(b) => with_cpu_f32(b, "bias", |b| w.matmul_t(x, rows, Some(b))),
+        None => w.matmul_t(x, rows, None),
+    })?;
     Tensor::from_vec(y, (rows, w.out_features()), &Device::Cpu)?.to_dtype(x.dtype())
+}
+
+/// Calls `f` on the values of a contiguous f32 CPU tensor.
+fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!(
+            "linear layer: packed weights take f32 CPU {what}, found {:?} on {:?}",
+            t.dtype(),
+            t.device()
+        );
+    };
+    let start = layout.start_offset();
+    f(&data[start..start + t.elem_count()])
 }
 
 /// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these

@@ -12,8 +12,10 @@
 //!   loads two weight vectors and broadcasts `MR` activations;
 //! - activations are rearranged per call into tiles of `MR` rows, `(in, MR)` each, so the
 //!   broadcasts read one stream at fixed offsets (cheap: activations are small next to weights);
-//! - the input features run in blocks of [`KC`] and the rows in blocks of [`MC`] so a panel's
-//!   block and an activation block share L2, and rayon splits the panels;
+//! - the input features run in blocks of about [`KC`]: a tile's block of activations (24 KB)
+//!   stays in L1 while the kernel sweeps it across a task's panels, whose blocks (512 KB for
+//!   [`PANELS_PER_TASK`] panels) stay in L2 while every row tile meets them; rayon splits the
+//!   panels. (The vector operand streams from L2 and the broadcast one sits in L1, as in BLIS.)
 //! - one activation row (a decode step) is the same kernel at `MR = 1`, streaming each panel
 //!   once: as bandwidth-bound as a row-major GEMV.
 //!
@@ -29,13 +31,9 @@ use rayon::prelude::*;
 pub(crate) const NR: usize = 32;
 /// Activation rows per microkernel call.
 const MR: usize = 12;
-/// Input features per block: every Qwen2-VL/SigLIP width but the MLP down projections in one
-/// block, so most outputs are written once. A panel's block (256 KB) stays in L2 while it meets
-/// every row tile of an activation block.
-const KC: usize = 2048;
-/// Activation rows per block (a `MC x KC` block of activations: 768 KB, in L2 beside the panel
-/// block); a multiple of [`MR`], so blocks hold whole tiles.
-const MC: usize = 96;
+/// Input features per block, at most: a tile's block of activations (`MR x KC`, 24 KB) fits
+/// L1 beside the two weight lines in flight. Inputs are cut into equal blocks no wider.
+const KC: usize = 512;
 /// Panels per rayon task when there are many rows; fewer rows take fewer panels per task so
 /// both cores get work.
 const PANELS_PER_TASK: usize = 8;
@@ -171,8 +169,14 @@ impl PackedF32 {
         self.in_features
     }
 
-    /// `x W^T` for `x` row-major `(rows, in)`: `(rows, out)` row-major.
-    pub(crate) fn matmul_t(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    /// `x W^T (+ bias)` for `x` row-major `(rows, in)`: `(rows, out)` row-major. The bias is
+    /// added as each output is first stored, not in a second pass over the output.
+    pub(crate) fn matmul_t(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
         let (n, k) = (self.out_features, self.in_features);
         if x.len() != rows * k {
             candle_core::bail!(
@@ -180,15 +184,21 @@ impl PackedF32 {
                 x.len()
             );
         }
+        if let Some(b) = bias.filter(|b| b.len() != n) {
+            candle_core::bail!(
+                "packed matmul: expected a bias of {n} values, found {}",
+                b.len()
+            );
+        }
         if !available() {
             candle_core::bail!("packed matmul: this CPU lacks AVX-512F/FMA");
         }
-        let mut y = vec![0f32; rows * n];
         if rows == 0 || n == 0 {
-            return Ok(y);
+            return Ok(vec![0f32; rows * n]);
         }
+        // Not zeroed: the first input block stores every output (see below).
+        let mut y: Vec<f32> = Vec::with_capacity(rows * n);
         let panels = n.div_ceil(NR);
-        let panel_len = k * NR;
         // Few rows are bandwidth bound: small tasks so both cores stream. Many rows: enough
         // panels per task to reuse each activation block across them.
         let per_task = if rows <= MR { 4 } else { PANELS_PER_TASK };
@@ -205,33 +215,58 @@ impl PackedF32 {
         let tasks = panels.div_ceil(per_task);
         (0..tasks).into_par_iter().for_each(|t| {
             let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
-            // SAFETY: `available()` checked the features; panel `p` owns output columns
-            // `[p * NR, min((p + 1) * NR, n))` of every row, disjoint across tasks, and every
-            // pointer below stays inside `x` (rows x k), the panels, and `y` (rows x n).
-            unsafe {
-                let y = y_ptr.get();
-                for k0 in (0..k).step_by(KC) {
-                    let kc = KC.min(k - k0);
-                    for r0 in (0..rows).step_by(MC) {
-                        let mc = MC.min(rows - r0);
-                        for p in p0..p1 {
-                            let w =
-                                (self.lines.as_ptr() as *const f32).add(p * panel_len + k0 * NR);
-                            let cols = NR.min(n - p * NR);
-                            let mut r = r0;
-                            while r < r0 + mc {
-                                let mr = MR.min(rows - r);
-                                let xs = xp.as_ptr().add(r * k + k0 * mr);
-                                let ys = y.add(r * n + p * NR);
-                                block(mr, xs, mr, w, kc, ys, n, cols, k0 > 0);
-                                r += mr;
-                            }
-                        }
-                    }
-                }
-            }
+            // SAFETY: `available()` checked the features; `xp` holds `rows x k` packed values,
+            // `y` has room for `rows x n`, and panel `p` owns output columns
+            // `[p * NR, min((p + 1) * NR, n))` of every row, disjoint across tasks.
+            unsafe { self.panels(xp, rows, p0..p1, y_ptr.get(), n, bias) };
         });
+        // SAFETY: `panels` stored every column of every row of each panel, and the tasks
+        // covered all panels: all `rows x n` values.
+        unsafe { y.set_len(rows * n) };
         Ok(y)
+    }
+
+    /// Rows `0..rows` of `y` (row stride `ldy`), columns of panels `range`: `xp W^T (+ bias)`.
+    /// Every one of those outputs is stored once by the first input block (plus the bias) and
+    /// accumulated by the later ones.
+    ///
+    /// # Safety
+    /// AVX-512F and FMA are present (see [`available`]); `xp` holds `rows x in` values packed by
+    /// [`pack_rows`] (or one plain row); `y` has room for those rows and columns; `bias`,
+    /// if any, holds `out` values; `in > 0`.
+    unsafe fn panels(
+        &self,
+        xp: &[f32],
+        rows: usize,
+        range: std::ops::Range<usize>,
+        y: *mut f32,
+        ldy: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let (n, k) = (self.out_features, self.in_features);
+        let panel_len = k * NR;
+        // Equal input blocks of at most KC.
+        let step = k.div_ceil(k.div_ceil(KC));
+        for k0 in (0..k).step_by(step) {
+            let kc = step.min(k - k0);
+            let mut r = 0;
+            while r < rows {
+                let mr = MR.min(rows - r);
+                let xs = xp.as_ptr().add(r * k + k0 * mr);
+                for p in range.clone() {
+                    let w = (self.lines.as_ptr() as *const f32).add(p * panel_len + k0 * NR);
+                    let out = Out {
+                        y: y.add(r * ldy + p * NR),
+                        ldy,
+                        cols: NR.min(n - p * NR),
+                        first: k0 == 0,
+                        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p * NR)),
+                    };
+                    block(mr, xs, mr, w, kc, &out);
+                }
+                r += mr;
+            }
+        }
     }
 }
 
@@ -264,24 +299,27 @@ impl SharedOut {
     }
 }
 
+/// Where a microkernel call puts its `mr x cols` block of outputs.
+struct Out {
+    /// The block's first output; rows `ldy` apart.
+    y: *mut f32,
+    ldy: usize,
+    /// Valid columns, at most [`NR`].
+    cols: usize,
+    /// Store `sums (+ bias)` when set (the first input block); otherwise add to what is there.
+    first: bool,
+    /// The block's `cols` bias values, or null.
+    bias: *const f32,
+}
+
 /// Dispatches `mr <= MR` rows to the kernel compiled for that many.
 ///
 /// # Safety
 /// On x86, AVX-512F and FMA are present. `x` holds `kc` steps of stride `ldk` with `mr` readable
-/// values each (a tile of packed activations), `w` holds `kc * NR` values, `y` holds `mr` rows of
-/// stride `ldy` with `cols <= NR` writable values each.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block(
-    mr: usize,
-    x: *const f32,
-    ldk: usize,
-    w: *const f32,
-    kc: usize,
-    y: *mut f32,
-    ldy: usize,
-    cols: usize,
-    accumulate: bool,
-) {
+/// values each (a tile of packed activations), `w` holds `kc * NR` values, `out.y` holds `mr`
+/// rows of stride `out.ldy` with `out.cols <= NR` writable values each (readable unless
+/// `out.first`), and `out.bias` is null or holds `out.cols` values.
+unsafe fn block(mr: usize, x: *const f32, ldk: usize, w: *const f32, kc: usize, out: &Out) {
     #[cfg(target_arch = "x86_64")]
     {
         let f = match mr {
@@ -298,43 +336,45 @@ unsafe fn block(
             2 => x86::tile::<2>,
             _ => x86::row,
         };
-        f(x, ldk, w, kc, y, ldy, cols, accumulate);
+        f(x, ldk, w, kc, out);
     }
     // Portable form of the same tile. Nothing packs weights where `available()` is false, so
     // this only keeps `block` total off x86.
     #[cfg(not(target_arch = "x86_64"))]
     for i in 0..mr {
-        for j in 0..cols {
+        for j in 0..out.cols {
             let mut sum = 0f32;
             for k in 0..kc {
                 sum += *x.add(k * ldk + i) * *w.add(k * NR + j);
             }
-            let out = y.add(i * ldy + j);
-            *out = if accumulate { *out + sum } else { sum };
+            let y = out.y.add(i * out.ldy + j);
+            *y = if !out.first {
+                *y + sum
+            } else if out.bias.is_null() {
+                sum
+            } else {
+                sum + *out.bias.add(j)
+            };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::NR;
+    use super::{Out, NR};
     use std::arch::x86_64::*;
 
     /// `y[i][..cols] (+)= sum_k x[k][i] * w[k][..cols]` for `R` rows.
     ///
     /// # Safety
     /// As [`super::block`], with `R` rows.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,fma")]
     pub(super) unsafe fn tile<const R: usize>(
         x: *const f32,
         ldk: usize,
         w: *const f32,
         kc: usize,
-        y: *mut f32,
-        ldy: usize,
-        cols: usize,
-        accumulate: bool,
+        out: &Out,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for k in 0..kc {
@@ -346,18 +386,13 @@ mod x86 {
                 a[1] = _mm512_fmadd_ps(b, w1, a[1]);
             }
         }
-        store(y, ldy, &acc, cols, accumulate);
+        store(out, &acc);
     }
 
-    /// `y[i][..cols] (+)= acc[i]` for each row `i`.
+    /// `y[i][..cols] = acc[i] (+ bias)` or `+= acc[i]` for each row `i`.
     #[inline(always)]
-    unsafe fn store<const R: usize>(
-        y: *mut f32,
-        ldy: usize,
-        acc: &[[__m512; 2]; R],
-        cols: usize,
-        accumulate: bool,
-    ) {
+    unsafe fn store<const R: usize>(out: &Out, acc: &[[__m512; 2]; R]) {
+        let cols = out.cols;
         let lo: __mmask16 = if cols >= 16 {
             0xffff
         } else {
@@ -370,12 +405,23 @@ mod x86 {
         } else {
             0
         };
+        let bias = if out.first && !out.bias.is_null() {
+            Some((
+                _mm512_maskz_loadu_ps(lo, out.bias),
+                _mm512_maskz_loadu_ps(hi, out.bias.add(16)),
+            ))
+        } else {
+            None
+        };
         for (i, a) in acc.iter().enumerate() {
-            let row = y.add(i * ldy);
+            let row = out.y.add(i * out.ldy);
             let (mut v0, mut v1) = (a[0], a[1]);
-            if accumulate {
+            if !out.first {
                 v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lo, row));
                 v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, row.add(16)));
+            } else if let Some((b0, b1)) = bias {
+                v0 = _mm512_add_ps(v0, b0);
+                v1 = _mm512_add_ps(v1, b1);
             }
             _mm512_mask_storeu_ps(row, lo, v0);
             _mm512_mask_storeu_ps(row.add(16), hi, v1);
@@ -388,18 +434,8 @@ mod x86 {
     ///
     /// # Safety
     /// As [`super::block`], with one row.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn row(
-        x: *const f32,
-        ldk: usize,
-        w: *const f32,
-        kc: usize,
-        y: *mut f32,
-        ldy: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
+    pub(super) unsafe fn row(x: *const f32, ldk: usize, w: *const f32, kc: usize, out: &Out) {
         let mut acc = [_mm512_setzero_ps(); 8];
         let mut k = 0;
         while k + 4 <= kc {
@@ -419,7 +455,7 @@ mod x86 {
         }
         let v0 = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[4], acc[6]));
         let v1 = _mm512_add_ps(_mm512_add_ps(acc[1], acc[3]), _mm512_add_ps(acc[5], acc[7]));
-        store(y, ldy, &[[v0, v1]], cols, accumulate);
+        store(out, &[[v0, v1]]);
     }
 }
 
@@ -473,7 +509,8 @@ mod tests {
         if !available() {
             // Without the kernels, nothing packs weights, and a direct call is an error.
             let p = PackedF32::pack(&values(64, 4), 8, 8)?;
-            assert!(p.matmul_t(&values(8, 5), 1).is_err());
+            assert!(p.matmul_t(&values(8, 5), 1, Some(&values(8, 6))).is_err());
+            assert!(p.matmul_t(&values(8, 5), 1, None).is_err());
             return Ok(());
         }
         // Row counts across the microkernel and row-block edges, widths off the panel grid,
@@ -485,16 +522,23 @@ mod tests {
             (12, 64, 256),
             (13, 31, 5),
             (200, 96, 513),
+            (30, 300, 1100),
         ] {
             let x = values(rows * k, 2);
             let w = values(n * k, 3);
-            let got = PackedF32::pack(&w, n, k)?.matmul_t(&x, rows)?;
+            let bias = values(n, 4);
+            let packed = PackedF32::pack(&w, n, k)?;
             let want = reference(&x, &w, rows, n, k);
-            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                    "({rows}, {n}, {k}) at {i}: {g} vs {e}"
-                );
+            for with_bias in [false, true] {
+                let got = packed.matmul_t(&x, rows, with_bias.then_some(&bias[..]))?;
+                assert_eq!(got.len(), want.len());
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let e = if with_bias { e + bias[i % n] } else { *e };
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                        "({rows}, {n}, {k}, bias {with_bias}) at {i}: {g} vs {e}"
+                    );
+                }
             }
         }
         Ok(())
