@@ -207,23 +207,7 @@ const UNARY_CHUNK: usize = 1 << 14;
 /// `f` over every element of an f32 tensor on the CPU (contiguous or not), or `None` for other
 /// devices and dtypes.
 pub(crate) fn unary(xs: &Tensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> Result<Option<Tensor>> {
-    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let xs = xs.contiguous()?;
-    let out = {
-        let (storage, layout) = xs.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Ok(None);
-        };
-        let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(UNARY_CHUNK)
-            .zip(src.par_chunks(UNARY_CHUNK))
-            .for_each(|(o, i)| map(i, o, f));
-        out
-    };
-    Ok(Some(Tensor::from_vec(out, xs.shape(), &Device::Cpu)?))
+    par_chunks(xs, UNARY_CHUNK, |i, o| map(i, o, f))
 }
 
 /// Rows per rayon task of [`rows`] (at least; more when rows are short).
@@ -236,11 +220,22 @@ pub(crate) fn rows(
     xs: &Tensor,
     f: impl Fn(&[f32], &mut [f32]) + Sync + Copy,
 ) -> Result<Option<Tensor>> {
-    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 || xs.rank() == 0 {
-        return Ok(None);
-    }
-    let width = xs.dim(candle_core::D::Minus1)?;
-    if width == 0 {
+    let width = match xs.dims().last() {
+        Some(&w) if w > 0 => w,
+        _ => return Ok(None),
+    };
+    let chunk = ROW_CHUNK_ELEMS.div_ceil(width) * width;
+    par_chunks(xs, chunk, |i, o| map_rows(i, o, width, f))
+}
+
+/// A new tensor of `xs`'s shape whose values `f(input, output)` writes, `chunk` elements at a
+/// time in parallel, for an f32 tensor on the CPU (made contiguous); `None` otherwise.
+fn par_chunks(
+    xs: &Tensor,
+    chunk: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Result<Option<Tensor>> {
+    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
         return Ok(None);
     }
     let xs = xs.contiguous()?;
@@ -251,10 +246,9 @@ pub(crate) fn rows(
         };
         let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
         let mut out = vec![0f32; src.len()];
-        let chunk = ROW_CHUNK_ELEMS.div_ceil(width) * width;
         out.par_chunks_mut(chunk)
             .zip(src.par_chunks(chunk))
-            .for_each(|(o, i)| map_rows(i, o, width, f));
+            .for_each(|(o, i)| f(i, o));
         out
     };
     Ok(Some(Tensor::from_vec(out, xs.shape(), &Device::Cpu)?))
