@@ -18,14 +18,30 @@ fn check_width(xs: &Tensor, width: usize, what: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// The weight's values when it is f32 on the CPU, for the one-pass row kernel.
+    host: Option<Vec<f32>>,
     eps: f64,
+}
+
+/// A tensor's values, read once at load time, when it is f32 on the CPU.
+fn host_f32(t: &Tensor) -> Result<Option<Vec<f32>>> {
+    if t.device().is_cpu() && t.dtype() == DType::F32 {
+        Ok(Some(t.to_vec1()?))
+    } else {
+        Ok(None)
+    }
 }
 
 impl RmsNorm {
     /// Loads `{prefix}.weight` of size `dim`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Self::from_weight(vb.get(dim, "weight")?, eps)
+    }
+
+    fn from_weight(weight: Tensor, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
+            host: host_f32(&weight)?,
+            weight,
             eps,
         })
     }
@@ -33,16 +49,15 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if xs.device().is_cpu() && xs.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+        if let (true, DType::F32, Some(w)) = (xs.device().is_cpu(), xs.dtype(), &self.host) {
             // One pass per row on the CPU, in the same order of operations.
-            let w: Vec<f32> = self.weight.to_device(xs.device())?.to_vec1()?;
             check_width(xs, w.len(), "RMS norm")?;
             let eps = self.eps as f32;
             let n = w.len() as f32;
             let fast = cpu_math::rows(xs, |x, y| {
                 let var = cpu_math::lane_sum(x, |v| v * v) / n;
                 let rstd = 1.0 / (var + eps).sqrt();
-                for ((y, &x), &w) in y.iter_mut().zip(x).zip(&w) {
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
                     *y = x * rstd * w;
                 }
             })?;
@@ -66,6 +81,8 @@ impl Module for RmsNorm {
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    /// Weight and bias values when they live on the CPU, for the one-pass row kernel.
+    host: Option<(Vec<f32>, Vec<f32>)>,
     eps: f64,
 }
 
@@ -73,9 +90,18 @@ impl LayerNorm {
     /// Loads `{prefix}.weight` and `{prefix}.bias` of size `dim`.
     pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         // Kept in f32, the dtype the norm computes in, so no conversion happens per call.
+        Self::from_parts(
+            vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps,
+        )
+    }
+
+    fn from_parts(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            host: host_f32(&weight)?.zip(host_f32(&bias)?),
+            weight,
+            bias,
             eps,
         })
     }
@@ -83,10 +109,8 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        if let (true, DType::F32, Some((w, b))) = (xs.device().is_cpu(), xs.dtype(), &self.host) {
             // One pass per row on the CPU (the row stays in L1 for its three sweeps).
-            let w: Vec<f32> = self.weight.to_device(xs.device())?.to_vec1()?;
-            let b: Vec<f32> = self.bias.to_device(xs.device())?.to_vec1()?;
             check_width(xs, w.len(), "layer norm")?;
             let eps = self.eps as f32;
             let n = w.len() as f32;
@@ -94,7 +118,7 @@ impl Module for LayerNorm {
                 let mean = cpu_math::lane_sum(x, |v| v) / n;
                 let var = cpu_math::lane_sum(x, |v| (v - mean) * (v - mean)) / n;
                 let rstd = 1.0 / (var + eps).sqrt();
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(&w).zip(&b) {
+                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
                     *y = (x - mean) * rstd * w + b;
                 }
             })?;
@@ -129,10 +153,7 @@ mod tests {
         let bias = Tensor::randn(0f32, 0.5, dim, &dev)?;
         let eps = 1e-6;
 
-        let rms = RmsNorm {
-            weight: weight.clone(),
-            eps,
-        };
+        let rms = RmsNorm::from_weight(weight.clone(), eps)?;
         let var = xs.sqr()?.mean_keepdim(D::Minus1)?;
         let want = xs
             .broadcast_div(&(var + eps)?.sqrt()?)?
@@ -143,11 +164,7 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "RMS norm differs by {diff}");
 
-        let ln = LayerNorm {
-            weight: weight.clone(),
-            bias: bias.clone(),
-            eps,
-        };
+        let ln = LayerNorm::from_parts(weight.clone(), bias.clone(), eps)?;
         let centered = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let want = centered
