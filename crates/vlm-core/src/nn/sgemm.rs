@@ -15,7 +15,9 @@
 //! - the input features run in blocks of about [`KC`]: a tile's block of activations (24 KB)
 //!   stays in L1 while the kernel sweeps it across a task's panels, whose blocks (512 KB for
 //!   [`PANELS_PER_TASK`] panels) stay in L2 while every row tile meets them; rayon splits the
-//!   panels. (The vector operand streams from L2 and the broadcast one sits in L1, as in BLIS.)
+//!   panels, and the rows too where the panel groups would not split evenly between the threads
+//!   (see `Split`). (The vector operand streams from L2 and the broadcast one sits in L1, as in
+//!   BLIS.)
 //! - one activation row (a decode step) is the same kernel at `MR = 1`, streaming each panel
 //!   once: as bandwidth-bound as a row-major GEMV.
 //!
@@ -204,25 +206,46 @@ impl PackedF32 {
         let per_task = if rows <= MR { 4 } else { PANELS_PER_TASK };
         // Activations in tiles of MR rows, each `(k, tile rows)`: the microkernel's broadcasts
         // then read one stream at fixed offsets. One row is already in that layout.
-        let packed_x;
+        let mut scratch = Vec::new();
         let xp: &[f32] = if rows == 1 {
             x
         } else {
-            packed_x = pack_rows(x, rows, k);
-            &packed_x
+            scratch = PACKED_X.with_borrow_mut(std::mem::take);
+            pack_rows(x, rows, k, &mut scratch);
+            &scratch[..rows * k]
         };
         let y_ptr = SharedOut(y.as_mut_ptr());
-        let tasks = panels.div_ceil(per_task);
-        (0..tasks).into_par_iter().for_each(|t| {
-            let (p0, p1) = (t * per_task, ((t + 1) * per_task).min(panels));
-            // SAFETY: `available()` checked the features; `xp` holds `rows x k` packed values,
-            // `y` has room for `rows x n`, and panel `p` owns output columns
-            // `[p * NR, min((p + 1) * NR, n))` of every row, disjoint across tasks.
-            unsafe { self.panels(xp, rows, p0..p1, y_ptr.get(), n, bias) };
-        });
+        let plan = Split::new(rows, panels, per_task, rayon::current_num_threads());
+        (0..plan.groups * plan.chunks)
+            .into_par_iter()
+            .for_each(|t| {
+                let (g, c) = (t % plan.groups, t / plan.groups);
+                let (p0, p1) = (g * plan.per_group, ((g + 1) * plan.per_group).min(panels));
+                let (r0, r1) = (c * plan.chunk_rows, ((c + 1) * plan.chunk_rows).min(rows));
+                // SAFETY: `available()` checked the features; `xp` holds `rows x k` packed values
+                // and `r0` is a multiple of MR (a tile boundary, see `Split`), so the chunk's tiles
+                // start at `r0 * k`; `y` has room for `rows x n`; task `(g, c)` owns rows
+                // `r0..r1` of output columns `[p0 * NR, min(p1 * NR, n))`, disjoint across tasks.
+                unsafe {
+                    self.panels(
+                        &xp[r0 * k..r1 * k],
+                        r1 - r0,
+                        p0..p1,
+                        y_ptr.get().add(r0 * n),
+                        n,
+                        bias,
+                    )
+                };
+            });
         // SAFETY: `panels` stored every column of every row of each panel, and the tasks
         // covered all panels: all `rows x n` values.
         unsafe { y.set_len(rows * n) };
+        // Keep the larger buffer for the next call on this thread.
+        PACKED_X.with_borrow_mut(|kept| {
+            if kept.len() < scratch.len() {
+                *kept = scratch;
+            }
+        });
         Ok(y)
     }
 
@@ -270,21 +293,86 @@ impl PackedF32 {
     }
 }
 
-/// `x` `(rows, k)` row-major as consecutive tiles of [`MR`] rows (the last may be shorter), each
-/// tile `(k, its rows)` row-major.
-fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * k];
-    out.par_chunks_mut(MR * k)
+/// How the work of one product is cut into rayon tasks: `groups` runs of `per_group` panels
+/// times `chunks` runs of `chunk_rows` rows (a multiple of [`MR`], so chunks start on tile
+/// boundaries of the packed activations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    groups: usize,
+    per_group: usize,
+    chunks: usize,
+    chunk_rows: usize,
+}
+
+impl Split {
+    /// Panels go in equal groups of at most `max_per_group`. With many rows and a group count
+    /// that the threads do not divide (five groups on two threads leave one thread a third of
+    /// the work more), the rows are cut into equal chunks too, so that the task count is a
+    /// multiple of the thread count and every task costs about the same.
+    fn new(rows: usize, panels: usize, max_per_group: usize, threads: usize) -> Self {
+        let groups = panels.div_ceil(max_per_group.max(1));
+        let per_group = panels.div_ceil(groups.max(1));
+        let groups = panels.div_ceil(per_group.max(1));
+        let tiles = rows.div_ceil(MR);
+        let threads = threads.max(1);
+        let mut chunks = 1;
+        if !groups.is_multiple_of(threads) && tiles > 1 {
+            let gcd = (1..=threads)
+                .rev()
+                .find(|&d| groups.is_multiple_of(d) && threads.is_multiple_of(d));
+            chunks = (threads / gcd.unwrap_or(1)).min(tiles);
+        }
+        let chunk_rows = tiles.div_ceil(chunks) * MR;
+        Self {
+            groups,
+            per_group,
+            chunks: rows.div_ceil(chunk_rows.max(1)).max(1),
+            chunk_rows,
+        }
+    }
+}
+
+thread_local! {
+    /// The calling thread's buffer of packed activations, reused across calls: a fresh one of
+    /// tens of megabytes (a vision tower's MLP input) would be zeroed and page-faulted in on
+    /// every call. Grown, never shrunk.
+    static PACKED_X: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `x` `(rows, k)` row-major into `out[..rows * k]` (grown if needed) as consecutive tiles of
+/// [`MR`] rows (the last may be shorter), each tile `(k, its rows)` row-major.
+///
+/// Each tile is written in order, reading its rows side by side: the `MR` input streams stay in
+/// L1. (Row by row instead, every output line is revisited `MR` times, a row's width apart.)
+fn pack_rows(x: &[f32], rows: usize, k: usize, out: &mut Vec<f32>) {
+    if out.len() < rows * k {
+        out.resize(rows * k, 0.0);
+    }
+    out[..rows * k]
+        .par_chunks_mut(MR * k)
         .zip(x.par_chunks(MR * k))
         .for_each(|(o, xs)| {
-            let mr = xs.len() / k;
-            for (i, row) in xs.chunks_exact(k).enumerate() {
-                for (kk, &v) in row.iter().enumerate() {
-                    o[kk * mr + i] = v;
+            if xs.len() == MR * k {
+                pack_tile::<MR>(xs, o, k);
+            } else {
+                let mr = xs.len() / k;
+                for (kk, dst) in o.chunks_exact_mut(mr).enumerate() {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = xs[i * k + kk];
+                    }
                 }
             }
         });
-    out
+}
+
+/// One full tile of [`pack_rows`], its row count known to the compiler.
+fn pack_tile<const R: usize>(xs: &[f32], o: &mut [f32], k: usize) {
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &xs[i * k..(i + 1) * k]);
+    for (kk, dst) in o.chunks_exact_mut(R).enumerate() {
+        for (d, row) in dst.iter_mut().zip(&rows) {
+            *d = row[kk];
+        }
+    }
 }
 
 /// The output buffer, written by rayon tasks at disjoint columns.
@@ -488,6 +576,43 @@ mod tests {
     }
 
     #[test]
+    fn splits_cover_everything_in_balanced_tasks() {
+        for (rows, panels, max, threads) in [
+            (1024, 40, 8, 2),
+            (1024, 120, 8, 2),
+            (1024, 160, 8, 2),
+            (306, 48, 8, 2),
+            (1024, 40, 8, 3),
+            (13, 5, 8, 2),
+            (12, 5, 4, 2),
+            (1, 4748, 4, 2),
+            (100, 1, 8, 4),
+        ] {
+            let s = Split::new(rows, panels, max, threads);
+            assert!(
+                s.per_group <= max && s.chunk_rows.is_multiple_of(MR),
+                "{s:?}"
+            );
+            // Every panel and every row in exactly one group / chunk.
+            assert!(s.groups * s.per_group >= panels && (s.groups - 1) * s.per_group < panels);
+            assert!(s.chunks * s.chunk_rows >= rows && (s.chunks - 1) * s.chunk_rows < rows);
+            // Many rows: as many equal tasks per thread.
+            if rows > MR * threads && panels % max == 0 {
+                assert!(
+                    (s.groups * s.chunks).is_multiple_of(threads),
+                    "{rows} x {panels}: {s:?}"
+                );
+            }
+        }
+        // Five groups of eight panels on two threads: the rows are halved.
+        let s = Split::new(1024, 40, 8, 2);
+        assert_eq!(
+            (s.groups, s.per_group, s.chunks, s.chunk_rows),
+            (5, 8, 2, 516)
+        );
+    }
+
+    #[test]
     fn pack_round_trips_and_stacks() -> Result<()> {
         let (n, k) = (45, 7);
         let w = values(n * k, 1);
@@ -529,14 +654,20 @@ mod tests {
             let bias = values(n, 4);
             let packed = PackedF32::pack(&w, n, k)?;
             let want = reference(&x, &w, rows, n, k);
-            for with_bias in [false, true] {
-                let got = packed.matmul_t(&x, rows, with_bias.then_some(&bias[..]))?;
+            // Thread counts change how the rows are chunked (see `Split`).
+            for (with_bias, threads) in [(false, 1), (true, 2), (true, 3)] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .map_err(candle_core::Error::wrap)?;
+                let got =
+                    pool.install(|| packed.matmul_t(&x, rows, with_bias.then_some(&bias[..])))?;
                 assert_eq!(got.len(), want.len());
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     let e = if with_bias { e + bias[i % n] } else { *e };
                     assert!(
                         (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
-                        "({rows}, {n}, {k}, bias {with_bias}) at {i}: {g} vs {e}"
+                        "({rows}, {n}, {k}, bias {with_bias}, {threads} threads) at {i}: {g} vs {e}"
                     );
                 }
             }
