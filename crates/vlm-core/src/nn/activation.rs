@@ -24,6 +24,17 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The same function for the packed GEMM to apply as it stores its outputs, where the
+    /// unfused f32 CPU path below computes it with a `cpu_math` function (so both agree).
+    pub(crate) fn epilogue(self) -> Option<super::sgemm::Epilogue> {
+        use super::sgemm::Epilogue;
+        match self {
+            Self::QuickGelu => Some(Epilogue::QuickGelu),
+            Self::GeluTanh => Some(Epilogue::GeluTanh),
+            Self::Gelu | Self::Silu | Self::Relu => None,
+        }
+    }
+
     /// Applies the activation elementwise.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         // On CPU in f32: vectorized and spread over threads (candle calls libm per element).

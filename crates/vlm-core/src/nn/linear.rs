@@ -9,7 +9,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
 
-use super::sgemm::{self, PackedF32};
+use super::sgemm::{self, Epilogue, PackedF32};
+use super::Activation;
 use candle_nn::VarBuilder;
 
 /// Weight quantization applied at load time (GGML block formats, as in llama.cpp).
@@ -249,8 +250,22 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `act(x W^T + b)`: the values of `act.forward(&self.forward(xs)?)`, computed in one pass
+    /// where the packed kernel can apply `act` to each block of outputs as it completes (f32
+    /// inputs, an activation `cpu_math` implements), instead of a second pass over a fresh
+    /// tensor as wide as the MLP.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        if let (Weight::Packed(_), DType::F32, Some(then)) =
+            (&self.weight, xs.dtype(), act.epilogue())
+        {
+            return self.forward_then(xs, then);
+        }
+        act.forward(&self.forward(xs)?)
+    }
+
+    /// The product, bias, and (packed weights only) `then` on every output.
+    fn forward_then(&self, xs: &Tensor, then: Epilogue) -> Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims.last().copied().unwrap_or(0);
         let rows = xs.elem_count() / in_dim.max(1);
@@ -260,7 +275,10 @@ impl Module for Linear {
         let mut bias = self.bias.as_ref();
         let (ys, out_features) = match &self.weight {
             Weight::Dense(w) => (dense_matmul(&flat, w)?, w.dim(0)?),
-            Weight::Packed(p) => (packed_matmul(&flat, p, bias.take())?, p.out_features()),
+            Weight::Packed(p) => (
+                packed_matmul(&flat, p, bias.take(), then)?,
+                p.out_features(),
+            ),
             Weight::Quantized {
                 matmul,
                 blocks,
@@ -293,9 +311,20 @@ impl Module for Linear {
     }
 }
 
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_then(xs, Epilogue::None)
+    }
+}
+
 /// `x W^T + b` on packed f32 weights; `x` is widened to f32 if needed and the result rounded
 /// back.
-fn packed_matmul(x: &Tensor, w: &PackedF32, bias: Option<&Tensor>) -> Result<Tensor> {
+fn packed_matmul(
+    x: &Tensor,
+    w: &PackedF32,
+    bias: Option<&Tensor>,
+    then: Epilogue,
+) -> Result<Tensor> {
     let (rows, in_dim) = x.dims2()?;
     if in_dim != w.in_features() {
         candle_core::bail!(
@@ -308,8 +337,8 @@ fn packed_matmul(x: &Tensor, w: &PackedF32, bias: Option<&Tensor>) -> Result<Ten
         .map(|b| b.to_dtype(DType::F32)?.contiguous())
         .transpose()?;
     let y = with_cpu_f32(&xf, "inputs", |x| match &bias {
-        Some(b) => with_cpu_f32(b, "bias", |b| w.matmul_t(x, rows, Some(b))),
-        None => w.matmul_t(x, rows, None),
+        Some(b) => with_cpu_f32(b, "bias", |b| w.matmul_t(x, rows, Some(b), then)),
+        None => w.matmul_t(x, rows, None, then),
     })?;
     Tensor::from_vec(y, (rows, w.out_features()), &Device::Cpu)?.to_dtype(x.dtype())
 }
@@ -482,6 +511,18 @@ mod tests {
         assert_eq!(q.quantization(), Some(Quantization::Q8_0));
         let diff = relative_error(&q.forward(&x)?, &dense[0].forward(&x)?)?;
         assert!(diff < 0.02, "{diff}");
+        // Activations fused into the packed kernel (or not: Gelu has no fused form) are the
+        // unfused values exactly.
+        for act in [
+            Activation::QuickGelu,
+            Activation::GeluTanh,
+            Activation::Gelu,
+        ] {
+            let unfused = act.forward(&packed[0].forward(&x)?)?;
+            let fused = packed[0].forward_act(&x, act)?;
+            let diff = (fused - unfused)?.abs()?.flatten_all()?.max(0)?;
+            assert_eq!(diff.to_scalar::<f32>()?, 0.0, "{act:?}");
+        }
         Ok(())
     }
 

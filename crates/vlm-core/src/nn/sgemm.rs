@@ -29,6 +29,8 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_math;
+
 /// Output features per panel: two AVX-512 vectors.
 pub(crate) const NR: usize = 32;
 /// Activation rows per microkernel call.
@@ -171,13 +173,33 @@ impl PackedF32 {
         self.in_features
     }
 
-    /// `x W^T (+ bias)` for `x` row-major `(rows, in)`: `(rows, out)` row-major. The bias is
-    /// added as each output is first stored, not in a second pass over the output.
+    /// `then(x W^T (+ bias))` for `x` row-major `(rows, in)`: `(rows, out)` row-major. The bias
+    /// is added as each output is first stored, and `then` applied to each block of outputs as
+    /// soon as its last input block is added (while the block is still in L1), not in passes
+    /// over the whole output. The values are those of the unfused activation (`cpu_math`'s
+    /// functions, the same ones, on the same stored sums).
     pub(crate) fn matmul_t(
         &self,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
+        then: Epilogue,
+    ) -> Result<Vec<f32>> {
+        match then {
+            Epilogue::None => self.product(x, rows, bias, None::<fn(f32) -> f32>),
+            Epilogue::QuickGelu => self.product(x, rows, bias, Some(cpu_math::quick_gelu)),
+            Epilogue::GeluTanh => self.product(x, rows, bias, Some(cpu_math::gelu_tanh)),
+        }
+    }
+
+    /// [`matmul_t`](Self::matmul_t) with the epilogue as a function the compiler
+    /// inlines (and vectorizes) into the block loop.
+    fn product<F: Fn(f32) -> f32 + Sync + Copy>(
+        &self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        then: Option<F>,
     ) -> Result<Vec<f32>> {
         let (n, k) = (self.out_features, self.in_features);
         if x.len() != rows * k {
@@ -234,6 +256,7 @@ impl PackedF32 {
                         y_ptr.get().add(r0 * n),
                         n,
                         bias,
+                        then,
                     )
                 };
             });
@@ -249,15 +272,16 @@ impl PackedF32 {
         Ok(y)
     }
 
-    /// Rows `0..rows` of `y` (row stride `ldy`), columns of panels `range`: `xp W^T (+ bias)`.
-    /// Every one of those outputs is stored once by the first input block (plus the bias) and
-    /// accumulated by the later ones.
+    /// Rows `0..rows` of `y` (row stride `ldy`), columns of panels `range`: `xp W^T (+ bias)`,
+    /// then `then` if given. Every one of those outputs is stored once by the first input block
+    /// (plus the bias), accumulated by the later ones, and mapped by `then` after the last.
     ///
     /// # Safety
     /// AVX-512F and FMA are present (see [`available`]); `xp` holds `rows x in` values packed by
     /// [`pack_rows`] (or one plain row); `y` has room for those rows and columns; `bias`,
     /// if any, holds `out` values; `in > 0`.
-    unsafe fn panels(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panels<F: Fn(f32) -> f32 + Copy>(
         &self,
         xp: &[f32],
         rows: usize,
@@ -265,6 +289,7 @@ impl PackedF32 {
         y: *mut f32,
         ldy: usize,
         bias: Option<&[f32]>,
+        then: Option<F>,
     ) {
         let (n, k) = (self.out_features, self.in_features);
         let panel_len = k * NR;
@@ -286,6 +311,9 @@ impl PackedF32 {
                         bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p * NR)),
                     };
                     block(mr, xs, mr, w, kc, &out);
+                    if let (Some(f), true) = (then, k0 + kc == k) {
+                        finish(&out, mr, f);
+                    }
                 }
                 r += mr;
             }
@@ -400,6 +428,33 @@ struct Out {
     bias: *const f32,
 }
 
+/// An elementwise function applied to a product's outputs by the kernel (see
+/// [`PackedF32::matmul_t`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Epilogue {
+    None,
+    /// [`cpu_math::quick_gelu`].
+    QuickGelu,
+    /// [`cpu_math::gelu_tanh`].
+    GeluTanh,
+}
+
+/// `f` over the `rows x out.cols` block at `out.y`, just stored.
+///
+/// # Safety
+/// As [`block`]: on x86, AVX-512F and FMA are present; `out.y` holds `rows` rows of stride
+/// `out.ldy` with `out.cols` values each.
+unsafe fn finish<F: Fn(f32) -> f32>(out: &Out, rows: usize, f: F) {
+    #[cfg(target_arch = "x86_64")]
+    x86::finish(out, rows, f);
+    #[cfg(not(target_arch = "x86_64"))]
+    for i in 0..rows {
+        for v in std::slice::from_raw_parts_mut(out.y.add(i * out.ldy), out.cols) {
+            *v = f(*v);
+        }
+    }
+}
+
 /// Dispatches `mr <= MR` rows to the kernel compiled for that many.
 ///
 /// # Safety
@@ -475,6 +530,19 @@ mod x86 {
             }
         }
         store(out, &acc);
+    }
+
+    /// [`super::finish`], compiled for AVX-512 so that `f` vectorizes.
+    ///
+    /// # Safety
+    /// As [`super::finish`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn finish<F: Fn(f32) -> f32>(out: &Out, rows: usize, f: F) {
+        for i in 0..rows {
+            for v in std::slice::from_raw_parts_mut(out.y.add(i * out.ldy), out.cols) {
+                *v = f(*v);
+            }
+        }
     }
 
     /// `y[i][..cols] = acc[i] (+ bias)` or `+= acc[i]` for each row `i`.
@@ -634,8 +702,11 @@ mod tests {
         if !available() {
             // Without the kernels, nothing packs weights, and a direct call is an error.
             let p = PackedF32::pack(&values(64, 4), 8, 8)?;
-            assert!(p.matmul_t(&values(8, 5), 1, Some(&values(8, 6))).is_err());
-            assert!(p.matmul_t(&values(8, 5), 1, None).is_err());
+            let bias = values(8, 6);
+            assert!(p
+                .matmul_t(&values(8, 5), 1, Some(&bias), Epilogue::None)
+                .is_err());
+            assert!(p.matmul_t(&values(8, 5), 1, None, Epilogue::None).is_err());
             return Ok(());
         }
         // Row counts across the microkernel and row-block edges, widths off the panel grid,
@@ -660,15 +731,25 @@ mod tests {
                     .num_threads(threads)
                     .build()
                     .map_err(candle_core::Error::wrap)?;
-                let got =
-                    pool.install(|| packed.matmul_t(&x, rows, with_bias.then_some(&bias[..])))?;
+                let bias = with_bias.then_some(&bias[..]);
+                let got = pool.install(|| packed.matmul_t(&x, rows, bias, Epilogue::None))?;
                 assert_eq!(got.len(), want.len());
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let e = if with_bias { e + bias[i % n] } else { *e };
+                    let e = bias.map_or(*e, |b| e + b[i % n]);
                     assert!(
                         (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
                         "({rows}, {n}, {k}, bias {with_bias}, {threads} threads) at {i}: {g} vs {e}"
                     );
+                }
+                // The fused activations give exactly the unfused values: the same function on
+                // the same stored sums.
+                for (then, f) in [
+                    (Epilogue::QuickGelu, cpu_math::quick_gelu as fn(f32) -> f32),
+                    (Epilogue::GeluTanh, cpu_math::gelu_tanh),
+                ] {
+                    let fused = pool.install(|| packed.matmul_t(&x, rows, bias, then))?;
+                    let unfused: Vec<f32> = got.iter().map(|&v| f(v)).collect();
+                    assert_eq!(fused, unfused, "({rows}, {n}, {k}, {then:?})");
                 }
             }
         }

@@ -35,6 +35,6 @@ impl LlavaProjector {
 impl Module for LlavaProjector {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.linear_2
-            .forward(&self.act.forward(&self.linear_1.forward(xs)?)?)
+            .forward(&self.linear_1.forward_act(xs, self.act)?)
     }
 }

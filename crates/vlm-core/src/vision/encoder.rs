@@ -85,8 +85,10 @@ impl EncoderLayer {
             + self
                 .self_attn
                 .forward(&self.layer_norm1.forward(xs)?, mask)?)?;
-        let m = self.fc1.forward(&self.layer_norm2.forward(&h)?)?;
-        let m = self.fc2.forward(&self.act.forward(&m)?)?;
+        let m = self
+            .fc1
+            .forward_act(&self.layer_norm2.forward(&h)?, self.act)?;
+        let m = self.fc2.forward(&m)?;
         h + m
     }
 }

@@ -165,7 +165,7 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(xs)?)?),
+            Self::Plain { fc1, fc2, act } => fc2.forward(&fc1.forward_act(xs, *act)?),
             Self::Gated {
                 gate_proj,
                 up_proj,
