@@ -20,4 +20,4 @@ pub use kv_cache::{KvCache, LayerCache};
 pub use linear::{Linear, Quantization};
 pub use norm::{LayerNorm, RmsNorm};
 pub use rope::{RopeScaling, RotaryEmbedding};
-pub use varlen::{varlen_attention, VarlenPlan};
+pub use varlen::{varlen_attention, varlen_attention_qkv, VarlenPlan};

@@ -15,7 +15,8 @@
 //! at a time there: candle's batched CPU matmul is a loop of GEMMs and the smaller score tensors
 //! stay in cache. Batching the runs is for GPUs, where each matmul is a kernel launch.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Above this many attention scores per matmul, a group is split (by segments, then by query
 /// rows) so that one large frame does not allocate gigabytes of f32 scores. Splitting rows is
@@ -68,6 +69,172 @@ impl VarlenPlan {
     pub fn num_batches(&self) -> usize {
         self.groups.len()
     }
+
+    /// Whether every token attends to every other (one segment).
+    fn single_segment(&self) -> bool {
+        matches!(self.groups[..], [SegmentGroup { count: 1, .. }])
+    }
+}
+
+/// [`varlen_attention`] straight from a fused projection's output: `qkv` `(tokens, 3 * heads *
+/// head_dim)` holds each token's queries, keys and values (each `(heads, head_dim)`), and the
+/// queries and keys are first rotated by the half-split rotary embedding with per-token `cos`
+/// and `sin` of `(tokens, 1, head_dim / 2)` (each pair `(x[i], x[i + head_dim / 2])` turns by
+/// its angle, as transformers' `apply_rotary_pos_emb_vision` does in f32). Returns `(tokens,
+/// heads * head_dim)`, ready for the output projection.
+///
+/// On the CPU in f32 with one segment (one image's patches), the split, the rotation and the
+/// change to head-major layout are one parallel pass over `qkv`, and the output comes back to
+/// token-major in another: the general path below takes nine copies of the size of `q`.
+pub fn varlen_attention_qkv(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    (cos, sin): (&Tensor, &Tensor),
+    plan: &VarlenPlan,
+    scale: f64,
+) -> Result<Tensor> {
+    let (n, width) = qkv.dims2()?;
+    let half = head_dim / 2;
+    if width != 3 * heads * head_dim
+        || head_dim % 2 != 0
+        || cos.dims() != [n, 1, half]
+        || sin.dims() != [n, 1, half]
+    {
+        candle_core::bail!(
+            "varlen attention: expected qkv (tokens, 3 x {heads} x {head_dim}) and cos/sin \
+             (tokens, 1, {half}), found {:?}, {:?} and {:?}",
+            qkv.dims(),
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    if plan.single_segment() && plan.total == n {
+        if let Some(out) = fused_single_segment(qkv, heads, head_dim, cos, sin, scale)? {
+            return Ok(out);
+        }
+    }
+    let qkv = qkv.reshape((n, 3, heads, head_dim))?;
+    let part = |i: usize| qkv.narrow(1, i, 1)?.squeeze(1);
+    let rotate = |x: &Tensor| -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .reshape((n, 1, heads, head_dim))?;
+        // Each token is its own "batch" of one position.
+        candle_nn::rotary_emb::rope_thd(&x, &cos.to_dtype(DType::F32)?, &sin.to_dtype(DType::F32)?)?
+            .reshape((n, heads, head_dim))?
+            .to_dtype(dtype)
+    };
+    let (q, k) = (rotate(&part(0)?)?, rotate(&part(1)?)?);
+    varlen_attention(&q, &k, &part(2)?, plan, scale)?.reshape((n, heads * head_dim))
+}
+
+/// The values of a contiguous f32 CPU tensor, borrowed (`G` holds its storage's read lock).
+struct CpuF32<G> {
+    storage: G,
+    start: usize,
+    len: usize,
+}
+
+impl<G: std::ops::Deref<Target = Storage>> std::ops::Deref for CpuF32<G> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(data)) => &data[self.start..self.start + self.len],
+            _ => &[],
+        }
+    }
+}
+
+/// `t`'s values if it is a contiguous f32 CPU tensor.
+fn cpu_f32(t: &Tensor) -> Option<CpuF32<impl std::ops::Deref<Target = Storage> + '_>> {
+    let (storage, layout) = t.storage_and_layout();
+    let start = layout.contiguous_offsets()?.0;
+    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then(|| CpuF32 {
+        storage,
+        start,
+        len: t.elem_count(),
+    })
+}
+
+/// The CPU f32 path of [`varlen_attention_qkv`] for one segment; `None` for other devices,
+/// dtypes or layouts.
+fn fused_single_segment(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    cos: &Tensor,
+    sin: &Tensor,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if !matches!(qkv.device(), Device::Cpu)
+        || [qkv.dtype(), cos.dtype(), sin.dtype()] != [DType::F32; 3]
+    {
+        return Ok(None);
+    }
+    let (n, d, half) = (qkv.dim(0)?, head_dim, head_dim / 2);
+    let (qkv, cos, sin) = (qkv.contiguous()?, cos.contiguous()?, sin.contiguous()?);
+    let [q, k, v] = {
+        let (Some(x), Some(c), Some(s)) = (cpu_f32(&qkv), cpu_f32(&cos), cpu_f32(&sin)) else {
+            return Ok(None);
+        };
+        let (x, c, s) = (&*x, &*c, &*s);
+        // Part p in {q, k, v}, head j: out[p][j][t] from x[t][p][j], rotated unless p is v.
+        let mut parts = [
+            vec![0f32; n * heads * d],
+            vec![0f32; n * heads * d],
+            vec![0f32; n * heads * d],
+        ];
+        let [q, k, v] = &mut parts;
+        q.par_chunks_mut(n * d)
+            .map(|o| (0, o))
+            .chain(k.par_chunks_mut(n * d).map(|o| (1, o)))
+            .chain(v.par_chunks_mut(n * d).map(|o| (2, o)))
+            .enumerate()
+            .for_each(|(task, (p, out))| {
+                let j = task % heads;
+                for (t, o) in out.chunks_exact_mut(d).enumerate() {
+                    let src = &x[(t * 3 + p) * heads * d + j * d..][..d];
+                    if p == 2 {
+                        o.copy_from_slice(src);
+                        continue;
+                    }
+                    let (c, s) = (&c[t * half..][..half], &s[t * half..][..half]);
+                    let (o1, o2) = o.split_at_mut(half);
+                    let (x1, x2) = src.split_at(half);
+                    for i in 0..half {
+                        o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                        o2[i] = x1[i] * s[i] + x2[i] * c[i];
+                    }
+                }
+            });
+        parts
+    };
+    let shape = (1, heads, n, d);
+    let (q, k, v) = (
+        Tensor::from_vec(q, shape, &Device::Cpu)?,
+        Tensor::from_vec(k, shape, &Device::Cpu)?,
+        Tensor::from_vec(v, shape, &Device::Cpu)?,
+    );
+    let Some(out) = super::cpu_attention::attention(&q, &k, &v, scale)? else {
+        return Ok(None);
+    };
+    // (1, heads, n, d) -> (n, heads * d), token rows in parallel.
+    let Some(o) = cpu_f32(&out) else {
+        return Ok(None);
+    };
+    let o = &*o;
+    let mut rows = vec![0f32; n * heads * d];
+    rows.par_chunks_mut(heads * d)
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (j, dst) in row.chunks_exact_mut(d).enumerate() {
+                dst.copy_from_slice(&o[(j * n + t) * d..][..d]);
+            }
+        });
+    Ok(Some(Tensor::from_vec(rows, (n, heads * d), &Device::Cpu)?))
 }
 
 /// `softmax(q k^T * scale) v` within each segment of `plan`, the softmax in f32 as transformers'
@@ -226,6 +393,43 @@ mod tests {
             let split = attention_in_segments(&q, &k, &v, &plan, 0.5, 2 * 9)?;
             assert!(max_diff(&split, &want)? < 1e-5, "lens {lens:?}, split");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn attention_from_qkv_matches_rotating_then_attending() -> Result<()> {
+        let dev = Device::Cpu;
+        let (heads, d) = (3, 8);
+        // One segment (the fused CPU path) and several (the general path).
+        for lens in [vec![37usize], vec![5, 5, 9]] {
+            let n: usize = lens.iter().sum();
+            let qkv = Tensor::randn(0f32, 1.0, (n, 3 * heads * d), &dev)?;
+            let angles = Tensor::randn(0f32, 2.0, (n, 1, d / 2), &dev)?;
+            let (cos, sin) = (angles.cos()?, angles.sin()?);
+            let plan = VarlenPlan::new(&lens);
+            let got = varlen_attention_qkv(&qkv, heads, d, (&cos, &sin), &plan, 0.3)?;
+            // Reference: rotate-half with the full-width table, then masked attention.
+            let parts = qkv.reshape((n, 3, heads, d))?;
+            let (cos2, sin2) = (
+                Tensor::cat(&[&cos, &cos], 2)?,
+                Tensor::cat(&[&sin, &sin], 2)?,
+            );
+            let rotate = |x: Tensor| -> Result<Tensor> {
+                let (x1, x2) = (x.narrow(2, 0, d / 2)?, x.narrow(2, d / 2, d / 2)?);
+                let rotated = Tensor::cat(&[&x2.neg()?, &x1], 2)?;
+                x.broadcast_mul(&cos2)? + rotated.broadcast_mul(&sin2)?
+            };
+            let part = |i: usize| parts.narrow(1, i, 1)?.squeeze(1)?.contiguous();
+            let (q, k, v) = (rotate(part(0)?)?, rotate(part(1)?)?, part(2)?);
+            let scale_q = (q * (0.3 / 0.5))?;
+            let want = masked_reference(&scale_q, &k, &v, &lens)?.reshape((n, heads * d))?;
+            assert_eq!(got.dims(), [n, heads * d]);
+            assert!(max_diff(&got, &want)? < 1e-5, "lens {lens:?}");
+        }
+        let qkv = Tensor::zeros((4, 10), DType::F32, &dev)?;
+        let cs = Tensor::zeros((4, 1, 1), DType::F32, &dev)?;
+        let plan = VarlenPlan::new(&[4]);
+        assert!(varlen_attention_qkv(&qkv, 2, 2, (&cs, &cs), &plan, 1.0).is_err());
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{TowerKind, TowerSpec};
-use crate::nn::{varlen_attention, Activation, LayerNorm, Linear, RmsNorm, VarlenPlan};
+use crate::nn::{varlen_attention_qkv, Activation, LayerNorm, Linear, RmsNorm, VarlenPlan};
 
 /// Both towers hard-code this epsilon for every norm, whatever the config says.
 const NORM_EPS: f64 = 1e-6;
@@ -41,9 +41,9 @@ impl Module for Norm {
 
 /// The cos/sin of every patch's rotary angles, `(patches, 1, head_dim / 2)` in f32.
 ///
-/// The half-width layout is what `rope_thd` consumes: the reference's full-width table is this
-/// one concatenated with itself (`[h, w, h, w]` quarters), which is exactly the rotate-half
-/// pairing.
+/// The half-width layout is what [`varlen_attention_qkv`] consumes: the reference's full-width
+/// table is this one concatenated with itself (`[h, w, h, w]` quarters), which is exactly the
+/// rotate-half pairing.
 #[derive(Debug, Clone)]
 pub(crate) struct RotaryTable {
     cos: Tensor,
@@ -76,20 +76,6 @@ impl RotaryTable {
             sin: freqs.sin()?,
         })
     }
-
-    /// Rotates `(patches, heads, head_dim)` in f32 (as `apply_rotary_pos_emb_vision` does),
-    /// returning the input dtype.
-    fn apply(&self, xs: &Tensor) -> Result<Tensor> {
-        let (n, h, d) = xs.dims3()?;
-        // Each patch is its own "batch" of one position, so the kernel parallelises over patches.
-        let x = xs
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .reshape((n, 1, h, d))?;
-        candle_nn::rotary_emb::rope_thd(&x, &self.cos, &self.sin)?
-            .reshape((n, h, d))?
-            .to_dtype(xs.dtype())
-    }
 }
 
 /// Packed-sequence self-attention (`attn.qkv`, `attn.proj`).
@@ -113,17 +99,16 @@ impl Attention {
     }
 
     fn forward(&self, xs: &Tensor, rope: &RotaryTable, plan: &VarlenPlan) -> Result<Tensor> {
-        let (n, w) = xs.dims2()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((n, 3, self.num_heads, self.head_dim))?;
-        let part = |i: usize| qkv.narrow(1, i, 1)?.squeeze(1);
-        let q = rope.apply(&part(0)?)?;
-        let k = rope.apply(&part(1)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let out = varlen_attention(&q, &k, &part(2)?, plan, scale)?;
-        self.proj.forward(&out.reshape((n, w))?)
+        let out = varlen_attention_qkv(
+            &self.qkv.forward(xs)?,
+            self.num_heads,
+            self.head_dim,
+            (&rope.cos, &rope.sin),
+            plan,
+            scale,
+        )?;
+        self.proj.forward(&out)
     }
 }
 
