@@ -97,7 +97,7 @@ pub fn varlen_attention_qkv(
     let (n, width) = qkv.dims2()?;
     let half = head_dim / 2;
     if width != 3 * heads * head_dim
-        || head_dim % 2 != 0
+        || !head_dim.is_multiple_of(2)
         || cos.dims() != [n, 1, half]
         || sin.dims() != [n, 1, half]
     {

@@ -5,7 +5,7 @@
 //! their Qwen2.5-VL counterparts (`Qwen2_5_VLVisionBlock`, `Qwen2_5_VLMLP`,
 //! `Qwen2_5_VLPatchMerger`) in `transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py`.
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{TowerKind, TowerSpec};
