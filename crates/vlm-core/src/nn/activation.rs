@@ -24,6 +24,29 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// `act(gate) * up` for `xs` whose last dimension is `[gate | up]` (a gated MLP's stacked
+    /// gate and up projections): one pass on the CPU in f32, else narrow, activate, multiply.
+    pub fn gated(&self, xs: &Tensor) -> Result<Tensor> {
+        use super::cpu_math;
+        let fast = match self {
+            Self::Silu => cpu_math::gated(xs, cpu_math::silu)?,
+            Self::QuickGelu => cpu_math::gated(xs, cpu_math::quick_gelu)?,
+            Self::GeluTanh => cpu_math::gated(xs, cpu_math::gelu_tanh)?,
+            Self::Gelu | Self::Relu => None,
+        };
+        if let Some(ys) = fast {
+            return Ok(ys);
+        }
+        let last = xs.rank().saturating_sub(1);
+        let width = xs.dim(last)?;
+        if width % 2 != 0 {
+            candle_core::bail!("gated activation: expected an even last dimension, found {width}");
+        }
+        let half = width / 2;
+        let gate = self.forward(&xs.narrow(last, 0, half)?.contiguous()?)?;
+        gate * xs.narrow(last, half, half)?
+    }
+
     /// The same function for the packed GEMM to apply as it stores its outputs, where the
     /// unfused f32 CPU path below computes it with a `cpu_math` function (so both agree).
     pub(crate) fn epilogue(self) -> Option<super::sgemm::Epilogue> {
@@ -41,6 +64,7 @@ impl Activation {
         let fast = match self {
             Self::GeluTanh => super::cpu_math::unary(xs, super::cpu_math::gelu_tanh)?,
             Self::QuickGelu => super::cpu_math::unary(xs, super::cpu_math::quick_gelu)?,
+            Self::Silu => super::cpu_math::unary(xs, super::cpu_math::silu)?,
             _ => None,
         };
         if let Some(ys) = fast {

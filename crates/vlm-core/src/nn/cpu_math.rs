@@ -201,6 +201,78 @@ pub(crate) fn quick_gelu(x: f32) -> f32 {
     x * (1.0 / (1.0 + exp(-1.702 * x)))
 }
 
+/// `silu`: `x * sigmoid(x)`, as `x / (1 + exp(-x))` (candle's and PyTorch's form).
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// `act(gate) * up` for an f32 CPU tensor whose rows are `[gate | up]`, `(.., 2 i)` to
+/// `(.., i)`, in one parallel pass (a gated MLP's activation, after its stacked gate and up
+/// projections); `None` for other devices and dtypes or an odd width.
+pub(crate) fn gated(xs: &Tensor, act: impl Fn(f32) -> f32 + Sync + Copy) -> Result<Option<Tensor>> {
+    let width = match xs.dims().last() {
+        Some(&w) if w > 0 && w % 2 == 0 => w,
+        _ => return Ok(None),
+    };
+    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let half = width / 2;
+    let xs = xs.contiguous()?;
+    let out = {
+        let (storage, layout) = xs.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+            return Ok(None);
+        };
+        let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
+        let rows = ROW_CHUNK_ELEMS.div_ceil(width).max(1);
+        let mut out = vec![0f32; src.len() / 2];
+        out.par_chunks_mut(rows * half)
+            .zip(src.par_chunks(rows * width))
+            .for_each(|(o, i)| gated_rows(i, o, half, act));
+        out
+    };
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = half;
+    }
+    Ok(Some(Tensor::from_vec(out, dims, &Device::Cpu)?))
+}
+
+fn gated_rows(src: &[f32], dst: &mut [f32], half: usize, f: impl Fn(f32) -> f32 + Copy) {
+    #[cfg(target_arch = "x86_64")]
+    match x86_level() {
+        // SAFETY: the CPU has the features each function is compiled for.
+        X86Level::Avx512 => return unsafe { gated_rows_avx512(src, dst, half, f) },
+        X86Level::Avx2Fma => return unsafe { gated_rows_avx2(src, dst, half, f) },
+        X86Level::Baseline => {}
+    }
+    gated_rows_body(src, dst, half, f)
+}
+
+#[inline(always)]
+fn gated_rows_body(src: &[f32], dst: &mut [f32], half: usize, f: impl Fn(f32) -> f32) {
+    for (o, row) in dst.chunks_exact_mut(half).zip(src.chunks_exact(2 * half)) {
+        let (gate, up) = row.split_at(half);
+        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+            *o = f(g) * u;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn gated_rows_avx512(src: &[f32], dst: &mut [f32], half: usize, f: impl Fn(f32) -> f32) {
+    gated_rows_body(src, dst, half, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gated_rows_avx2(src: &[f32], dst: &mut [f32], half: usize, f: impl Fn(f32) -> f32) {
+    gated_rows_body(src, dst, half, f)
+}
+
 /// Elements per rayon task of [`unary`].
 const UNARY_CHUNK: usize = 1 << 14;
 
@@ -464,6 +536,27 @@ mod tests {
                 quick[i]
             );
         }
+        // silu, and the gated form over rows [gate | up] (here: up = the gate's negation).
+        let silus: Vec<f32> = unary(&t, silu)?
+            .expect("f32 on CPU")
+            .flatten_all()?
+            .to_vec1()?;
+        let stacked = Tensor::cat(&[&t, &t.neg()?], 1)?;
+        let gated_silu: Vec<f32> = gated(&stacked, silu)?
+            .expect("f32 on CPU")
+            .flatten_all()?
+            .to_vec1()?;
+        for (i, &x) in xs.iter().enumerate() {
+            let x64 = x as f64;
+            let want = x64 / (1.0 + (-x64).exp());
+            assert!(
+                (silus[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "silu({x}) = {} vs {want}",
+                silus[i]
+            );
+            assert_eq!(gated_silu[i], silus[i] * -x, "gated silu at {x}");
+        }
+        assert!(gated(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?, silu)?.is_none());
         // A strided view takes the same path.
         let strided = unary(&t.t()?, gelu_tanh)?.expect("f32 on CPU").t()?;
         let diff = (strided - Tensor::from_vec(gelu, (200, 200), &Device::Cpu)?)?

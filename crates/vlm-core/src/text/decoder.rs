@@ -79,7 +79,6 @@ struct Mlp {
     /// `gate_proj` and `up_proj` stacked along the output features.
     gate_up_proj: Linear,
     down_proj: Linear,
-    intermediate_size: usize,
     act: Activation,
 }
 
@@ -92,20 +91,13 @@ impl Mlp {
                 Linear::new(h, i, false, vb.pp("up_proj"))?,
             ])?,
             down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
-            intermediate_size: i,
             act: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up_proj.forward(xs)?;
-        let last = gate_up.rank() - 1;
-        let i = self.intermediate_size;
-        let gate = self
-            .act
-            .forward(&gate_up.narrow(last, 0, i)?.contiguous()?)?;
-        self.down_proj
-            .forward(&(gate * gate_up.narrow(last, i, i)?)?)
+        self.down_proj.forward(&self.act.gated(&gate_up)?)
     }
 }
 
