@@ -63,7 +63,7 @@
 //! frame's own size, torchvision returns the tensor untouched and so does [`crate::resize()`],
 //! and the output is bit-identical to transformers. When frames are resized, the two kernels
 //! differ. Measured on the fixture videos (`tests/scripts/qwen2vl_preprocess_fixtures.py`,
-//! checked again by `tests/qwen2vl.rs`): the resized `uint8` frames differ by at most 1 level,
+//! checked again by `tests/qwen2vl/`): the resized `uint8` frames differ by at most 1 level,
 //! on 19.8% of values when 37x47 frames are resized to 28x56 (torch's `uint8` kernel rounds
 //! differently when upscaling a side) and on 0.03% when 28x56 frames are halved to 28x28; in
 //! `pixel_values_videos` that is at most 0.0150 (one level / 255 / std).
