@@ -46,7 +46,7 @@ fn load_model(dir: &Path, device: &Device) -> TestResult<Idefics3> {
     let config = Idefics3Config::from_json(&config)?;
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
     let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    Ok(Idefics3::new(&config, vb)?)
+    Ok(Idefics3::new(&config, vb, None)?)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> TestResult<f32> {

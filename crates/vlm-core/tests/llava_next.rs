@@ -74,12 +74,12 @@ fn load(name: &str) -> TestResult<(LlavaNext, HashMap<String, Tensor>, Value)> {
             let cfg: LlavaNextConfig = serde_json::from_str(&config)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu)
                 .rename_f(|n: &str| published_name(n));
-            LlavaNext::new(&cfg, vb)?
+            LlavaNext::new(&cfg, vb, None)?
         }
         _ => {
             let cfg: LlavaOnevisionConfig = serde_json::from_str(&config)?;
             let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-            LlavaNext::new_onevision(&cfg, vb)?
+            LlavaNext::new_onevision(&cfg, vb, None)?
         }
     };
     let reference = candle_core::safetensors::load(

@@ -108,27 +108,32 @@ impl ModelConfig {
 }
 
 impl Model {
-    /// Builds the model for `config` from `vb`; weight problems become [`Error::Weights`].
-    pub(crate) fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds the model for `config` from `vb`, the language model's linear layers quantized
+    /// to `quantization` as they load; weight problems become [`Error::Weights`].
+    pub(crate) fn new(
+        config: &ModelConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let weights = |e: vlm_core::Error| match e {
             vlm_core::Error::Candle(c) => Error::Weights(c.to_string()),
             other => Error::Model(other),
         };
         match config {
-            ModelConfig::Llava(cfg) => {
-                Ok(Self::Llava(Box::new(Llava::new(cfg, vb).map_err(weights)?)))
-            }
+            ModelConfig::Llava(cfg) => Ok(Self::Llava(Box::new(
+                Llava::new(cfg, vb, quantization).map_err(weights)?,
+            ))),
             ModelConfig::Qwen2Vl(cfg) => Ok(Self::Qwen2Vl(Box::new(
-                Qwen2Vl::new(cfg, vb).map_err(weights)?,
+                Qwen2Vl::new(cfg, vb, quantization).map_err(weights)?,
             ))),
             ModelConfig::Idefics3(cfg) => Ok(Self::Idefics3(Box::new(
-                Idefics3::new(cfg, vb).map_err(weights)?,
+                Idefics3::new(cfg, vb, quantization).map_err(weights)?,
             ))),
             ModelConfig::LlavaNext(cfg) => Ok(Self::LlavaNext(Box::new(
-                LlavaNext::new(cfg, vb).map_err(weights)?,
+                LlavaNext::new(cfg, vb, quantization).map_err(weights)?,
             ))),
             ModelConfig::LlavaOnevision(cfg) => Ok(Self::LlavaNext(Box::new(
-                LlavaNext::new_onevision(cfg, vb).map_err(weights)?,
+                LlavaNext::new_onevision(cfg, vb, quantization).map_err(weights)?,
             ))),
         }
     }

@@ -200,7 +200,9 @@ impl Vlm {
         };
         let vb =
             weights::var_builder(&weight_files, model_config.layout(), dtype, &options.device)?;
-        let mut model = Model::new(&model_config, vb)?;
+        // Quantized as each decoder layer loads; the report then only counts (quantizing a
+        // quantized layer is a no-op).
+        let mut model = Model::new(&model_config, vb, options.quantization)?;
         let quantized = match options.quantization {
             Some(kind) => Some(model.quantize_decoder(kind)?),
             None => None,

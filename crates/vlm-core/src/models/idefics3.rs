@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::nn::Linear;
+use crate::nn::{Linear, Quantization};
 use crate::text::{Decoder, TextConfig};
 use crate::vision::idefics3::patch_attention_mask;
 use crate::vision::{Idefics3VisionConfig, Idefics3VisionTransformer};
@@ -171,7 +171,13 @@ pub struct Idefics3 {
 impl Idefics3 {
     /// Builds the model from weights named as transformers names them, rooted at `vb`
     /// (`model.vision_model`, `model.connector`, `model.text_model`, `lm_head`).
-    pub fn new(cfg: &Idefics3Config, vb: VarBuilder) -> Result<Self> {
+    /// `quantization`, if any, applies to the language model's linear layers as they load
+    /// (see [`Decoder::load`]).
+    pub fn new(
+        cfg: &Idefics3Config,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let mut text = cfg.text()?.resolve()?;
         text.tie_word_embeddings = cfg.tie_word_embeddings;
         if cfg.scale_factor == 0
@@ -198,7 +204,12 @@ impl Idefics3 {
                 cfg.scale_factor,
                 model.pp("connector"),
             )?,
-            decoder: Decoder::new(&text, model.pp("text_model"), vb.pp("lm_head"))?,
+            decoder: Decoder::load(
+                &text,
+                model.pp("text_model"),
+                vb.pp("lm_head"),
+                quantization,
+            )?,
             image_token_id: cfg.image_token_id,
             image_seq_len: cfg.image_seq_len(),
             patch_size: cfg.vision_config.patch_size,

@@ -9,7 +9,7 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::nn::Activation;
+use crate::nn::{Activation, Quantization};
 use crate::projector::LlavaProjector;
 use crate::text::{Decoder, TextConfig};
 use crate::vision::{VisionConfig, VisionTower};
@@ -160,8 +160,14 @@ pub struct Llava {
 }
 
 impl Llava {
-    /// Builds the model from weights named as transformers 5 names them, rooted at `vb`.
-    pub fn new(cfg: &LlavaConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds the model from weights named as transformers 5 names them, rooted at `vb`;
+    /// `quantization`, if any, applies to the language model's linear layers as they load
+    /// (see [`Decoder::load`]).
+    pub fn new(
+        cfg: &LlavaConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let mut text = cfg.text_config.resolve()?;
         text.tie_word_embeddings |= cfg.tie_word_embeddings;
         let layers = cfg
@@ -180,7 +186,12 @@ impl Llava {
                 cfg.multimodal_projector_bias,
                 model.pp("multi_modal_projector"),
             )?,
-            decoder: Decoder::new(&text, model.pp("language_model"), vb.pp("lm_head"))?,
+            decoder: Decoder::load(
+                &text,
+                model.pp("language_model"),
+                vb.pp("lm_head"),
+                quantization,
+            )?,
             layers,
             select: cfg.vision_feature_select_strategy,
             image_token_id: cfg.image_token_index,

@@ -195,15 +195,22 @@ impl Linear {
         self.parts
     }
 
-    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias` is true).
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias` is true), packed for our GEMM
+    /// where it runs (see [`Linear::packed`]).
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        Self::new_dense(in_dim, out_dim, bias, vb)?.packed()
+    }
+
+    /// [`Linear::new`] with the weight as stored (for a caller that stacks, quantizes or packs
+    /// it next).
+    pub fn new_dense(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
-        Self::from_weights(weight, bias).packed()
+        Ok(Self::from_weights(weight, bias))
     }
 
     /// The dense weight, `(out_features, in_features)`; `None` once quantized or packed.

@@ -26,16 +26,17 @@ struct Attention {
 }
 
 impl Attention {
+    /// With dense weights: [`Layer::new`] packs or quantizes them.
     fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
             qkv_proj: Linear::stacked(&[
-                Linear::new(h, nh * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
-                Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
-                Linear::new(h, nkv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
+                Linear::new_dense(h, nh * hd, cfg.qkv_bias, vb.pp("q_proj"))?,
+                Linear::new_dense(h, nkv * hd, cfg.qkv_bias, vb.pp("k_proj"))?,
+                Linear::new_dense(h, nkv * hd, cfg.qkv_bias, vb.pp("v_proj"))?,
             ])?,
-            o_proj: Linear::new(nh * hd, h, cfg.o_bias, vb.pp("o_proj"))?,
+            o_proj: Linear::new_dense(nh * hd, h, cfg.o_bias, vb.pp("o_proj"))?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -83,14 +84,15 @@ struct Mlp {
 }
 
 impl Mlp {
+    /// With dense weights: [`Layer::new`] packs or quantizes them.
     fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             gate_up_proj: Linear::stacked(&[
-                Linear::new(h, i, false, vb.pp("gate_proj"))?,
-                Linear::new(h, i, false, vb.pp("up_proj"))?,
+                Linear::new_dense(h, i, false, vb.pp("gate_proj"))?,
+                Linear::new_dense(h, i, false, vb.pp("up_proj"))?,
             ])?,
-            down_proj: Linear::new(i, h, false, vb.pp("down_proj"))?,
+            down_proj: Linear::new_dense(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
         })
     }
@@ -110,14 +112,44 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
+    /// Loads a layer, then packs its linear layers for our GEMM or, with `quantization`,
+    /// quantizes them straight from the dense weights (in parallel: the block quantizers are
+    /// single-threaded per tensor). Done layer by layer, a quantized model never holds more
+    /// than one layer in f32.
+    fn new(
+        cfg: &DecoderConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
+        use rayon::prelude::*;
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        Ok(Self {
+        let mut layer = Self {
             input_layernorm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-        })
+        };
+        let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+        [
+            &mut a.qkv_proj,
+            &mut a.o_proj,
+            &mut m.gate_up_proj,
+            &mut m.down_proj,
+        ]
+        .into_par_iter()
+        .try_for_each(|l| -> Result<()> {
+            *l = finish_linear(l.clone(), quantization)?;
+            Ok(())
+        })?;
+        Ok(layer)
+    }
+}
+
+/// A loaded dense layer, quantized to `quantization` or else packed for our GEMM.
+fn finish_linear(l: Linear, quantization: Option<Quantization>) -> Result<Linear> {
+    match quantization {
+        Some(kind) => l.quantized(kind),
+        None => l.packed(),
     }
 }
 
@@ -145,15 +177,34 @@ impl Decoder {
     /// Loads the decoder body from `vb` (`embed_tokens`, `layers`, `norm`) and the head from
     /// `head` (`weight`), which is not read when the embeddings are tied.
     pub fn new(cfg: &DecoderConfig, vb: VarBuilder, head: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb, head, None)
+    }
+
+    /// [`Decoder::new`], with every linear layer (attention, MLP, head) quantized to
+    /// `quantization` as it is loaded, as [`Decoder::quantize`] would after loading, but
+    /// without ever holding the whole model in f32 (or packing weights only to unpack them).
+    pub fn load(
+        cfg: &DecoderConfig,
+        vb: VarBuilder,
+        head: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let embed_tokens = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::from_weights(embed_tokens.clone(), None)
-        } else {
-            Linear::new(cfg.hidden_size, cfg.vocab_size, false, head)?
+        let lm_head = match (cfg.tie_word_embeddings, quantization) {
+            // The embedding table stays in float for the lookup; the head is its quantized
+            // copy.
+            (true, Some(kind)) => {
+                Linear::from_weights(embed_tokens.clone(), None).quantized(kind)?
+            }
+            (true, None) => Linear::from_weights(embed_tokens.clone(), None),
+            (false, q) => finish_linear(
+                Linear::new_dense(cfg.hidden_size, cfg.vocab_size, false, head)?,
+                q,
+            )?,
         };
         let vbl = vb.pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| Layer::new(cfg, vbl.pp(i)))
+            .map(|i| Layer::new(cfg, vbl.pp(i), quantization))
             .collect::<Result<_>>()?;
         Ok(Self {
             rope: RotaryEmbedding::new(
@@ -289,5 +340,81 @@ impl Decoder {
     /// Projects hidden states to vocabulary logits.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         self.lm_head.forward(hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn config(tie: bool) -> DecoderConfig {
+        DecoderConfig {
+            vocab_size: 40,
+            hidden_size: 256,
+            intermediate_size: 512,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            hidden_act: Activation::Silu,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10_000.0,
+            rope_scaling: crate::nn::RopeScaling::Default,
+            tie_word_embeddings: tie,
+            qkv_bias: true,
+            o_bias: false,
+            mrope_section: None,
+        }
+    }
+
+    /// Random variance-preserving weights for `cfg`, learned from a build over a `VarMap`.
+    fn weights(cfg: &DecoderConfig) -> Result<HashMap<String, Tensor>> {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        Decoder::new(cfg, vb.pp("model"), vb.pp("lm_head"))?;
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut out = HashMap::new();
+        for (name, var) in vars.iter() {
+            let dims = var.dims();
+            let t = match dims {
+                [_] => (Tensor::randn(0f32, 0.1, dims, &dev)? + 1.0)?,
+                _ => Tensor::randn(0f32, (dims[1] as f32).powf(-0.5), dims, &dev)?,
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn quantizing_while_loading_equals_quantizing_after() -> Result<()> {
+        let dev = Device::Cpu;
+        for (tie, kind) in [(false, Quantization::Q8_0), (true, Quantization::Q4K)] {
+            let cfg = config(tie);
+            let w = weights(&cfg)?;
+            let vb = || VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
+            let mut after = Decoder::new(&cfg, vb().pp("model"), vb().pp("lm_head"))?;
+            let report = after.quantize(kind)?;
+            let during = Decoder::load(&cfg, vb().pp("model"), vb().pp("lm_head"), Some(kind))?;
+            // Quantizing the quantized decoder again changes nothing and reports the same.
+            let mut again = during.clone();
+            assert_eq!(again.quantize(kind)?, report);
+            // Per layer: q, k, v, o, gate, up, down; and the head.
+            assert_eq!(report.quantized, 2 * 7 + 1);
+            let ids = Tensor::new(&[[3u32, 7, 1, 30, 12]], &dev)?;
+            let positions = Tensor::new(&[[0u32, 1, 2, 3, 4]], &dev)?;
+            let logits = |d: &Decoder| -> Result<Vec<f32>> {
+                let h = d.forward_embeds(&d.embed(&ids)?, &positions, &mut d.new_cache())?;
+                d.logits(&h)?.flatten_all()?.to_vec1::<f32>()
+            };
+            assert_eq!(logits(&during)?, logits(&after)?, "tie {tie}, {kind:?}");
+        }
+        Ok(())
     }
 }

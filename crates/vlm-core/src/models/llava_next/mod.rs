@@ -52,7 +52,7 @@ use candle_nn::VarBuilder;
 
 use self::geometry::{bilinear_resize, Geometry};
 use super::llava::{select_vision_features, FeatureLayer, FeatureSelect};
-use crate::nn::Activation;
+use crate::nn::{Activation, Quantization};
 use crate::projector::LlavaProjector;
 use crate::text::{Decoder, TextConfig};
 use crate::vision::{VisionConfig, VisionTower};
@@ -95,8 +95,14 @@ struct Parts<'a> {
 }
 
 impl LlavaNext {
-    /// Builds LLaVA-NeXT from weights named as transformers 5 names them, rooted at `vb`.
-    pub fn new(cfg: &LlavaNextConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds LLaVA-NeXT from weights named as transformers 5 names them, rooted at `vb`;
+    /// `quantization`, if any, applies to the language model's linear layers as they load
+    /// (see [`Decoder::load`]).
+    pub fn new(
+        cfg: &LlavaNextConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let parts = Parts {
             vision: &cfg.vision_config,
             text: &cfg.text_config,
@@ -108,11 +114,22 @@ impl LlavaNext {
             tie: Some(cfg.tie_word_embeddings),
             image_token_id: cfg.image_token_index,
         };
-        Self::build(parts, cfg.geometry()?, AnyresVariant::Next, vb)
+        Self::build(
+            parts,
+            cfg.geometry()?,
+            AnyresVariant::Next,
+            vb,
+            quantization,
+        )
     }
 
-    /// Builds LLaVA-OneVision from weights named as transformers 5 names them, rooted at `vb`.
-    pub fn new_onevision(cfg: &LlavaOnevisionConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds LLaVA-OneVision from weights named as transformers 5 names them, rooted at
+    /// `vb`, quantizing as [`LlavaNext::new`] does.
+    pub fn new_onevision(
+        cfg: &LlavaOnevisionConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let parts = Parts {
             vision: &cfg.vision_config,
             text: &cfg.text_config,
@@ -124,10 +141,22 @@ impl LlavaNext {
             tie: cfg.tie_word_embeddings.then_some(true),
             image_token_id: cfg.image_token_index,
         };
-        Self::build(parts, cfg.geometry()?, AnyresVariant::Onevision, vb)
+        Self::build(
+            parts,
+            cfg.geometry()?,
+            AnyresVariant::Onevision,
+            vb,
+            quantization,
+        )
     }
 
-    fn build(p: Parts, geometry: Geometry, variant: AnyresVariant, vb: VarBuilder) -> Result<Self> {
+    fn build(
+        p: Parts,
+        geometry: Geometry,
+        variant: AnyresVariant,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let mut text = p.text.resolve()?;
         if let Some(tie) = p.tie {
             text.tie_word_embeddings = tie;
@@ -145,7 +174,12 @@ impl LlavaNext {
                 model.pp("multi_modal_projector"),
             )?,
             image_newline: model.get(text.hidden_size, "image_newline")?,
-            decoder: Decoder::new(&text, model.pp("language_model"), vb.pp("lm_head"))?,
+            decoder: Decoder::load(
+                &text,
+                model.pp("language_model"),
+                vb.pp("lm_head"),
+                quantization,
+            )?,
             layers,
             select: p.select,
             image_token_id: p.image_token_id,

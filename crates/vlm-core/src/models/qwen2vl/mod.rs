@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub use rope_index::{rope_index, MediaKind, MropePositions, RopeIndexInputs, TemporalSpacing};
 
+use crate::nn::Quantization;
 use crate::text::{Decoder, DecoderConfig, TextConfig};
 use crate::vision::{Qwen25VlVisionConfig, Qwen2VlVisionConfig, QwenVisionConfig, QwenVisionTower};
 use crate::{Error, Result};
@@ -156,12 +157,23 @@ pub struct Qwen2Vl {
 }
 
 impl Qwen2Vl {
-    /// Builds the model from weights named as transformers 5 names them, rooted at `vb`.
-    pub fn new(cfg: &Qwen2VlConfig, vb: VarBuilder) -> Result<Self> {
+    /// Builds the model from weights named as transformers 5 names them, rooted at `vb`;
+    /// `quantization`, if any, applies to the language model's linear layers as they load
+    /// (see [`Decoder::load`]).
+    pub fn new(
+        cfg: &Qwen2VlConfig,
+        vb: VarBuilder,
+        quantization: Option<Quantization>,
+    ) -> Result<Self> {
         let model = vb.pp("model");
         Ok(Self {
             visual: QwenVisionTower::new(&cfg.vision, model.pp("visual"))?,
-            decoder: Decoder::new(&cfg.text, model.pp("language_model"), vb.pp("lm_head"))?,
+            decoder: Decoder::load(
+                &cfg.text,
+                model.pp("language_model"),
+                vb.pp("lm_head"),
+                quantization,
+            )?,
             cfg: cfg.clone(),
         })
     }
