@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn grouped_heads_and_causal_mask_match_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
-        let (b, kv, n_rep, s, t, d) = (2usize, 2usize, 3usize, 70usize, 75usize, 16usize);
+        let (b, kv, n_rep, s, t, d) = (2usize, 2usize, 3usize, 70usize, 75usize, 20usize);
         let q = Tensor::randn(0f32, 1.0, (b, kv * n_rep, s, d), &dev)?;
         // Keys and values as views of a cache with spare room, read in place.
         let k = Tensor::randn(0f32, 1.0, (b, kv, t + 9, d), &dev)?.narrow(2, 0, t)?;
@@ -317,6 +317,11 @@ mod tests {
         assert!(diff_unmasked < 1e-5, "{diff_unmasked}");
         let diff = max_abs_diff(&got, &want)?;
         assert!(diff < 1e-5, "{diff}");
+        // One query row (a decode step), masked, keys read in place.
+        let (q1, m1) = (q.narrow(2, s - 1, 1)?, mask.narrow(2, s - 1, 1)?);
+        let got = attention_gqa(&q1, &k, &v, n_rep, Some(&m1), 0.3)?.expect("f32 on CPU");
+        let diff = max_abs_diff(&got, &want.narrow(2, s - 1, 1)?)?;
+        assert!(diff < 1e-5, "decode row: {diff}");
         Ok(())
     }
 
