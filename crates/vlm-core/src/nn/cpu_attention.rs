@@ -170,6 +170,18 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// How many leading keys any of the `rows` mask rows (of `t` values each) leaves visible: one
+/// past the last finite value, or all `t` if none is (a fully masked row is then the
+/// reference's NaN).
+fn visible_keys(mask: &[f32], rows: usize, t: usize) -> usize {
+    let last = mask
+        .chunks_exact(t)
+        .take(rows)
+        .filter_map(|row| row.iter().rposition(|m| *m > f32::NEG_INFINITY))
+        .max();
+    last.map_or(t, |j| j + 1)
+}
+
 /// One head, `rows` query rows: `o = softmax(q k^T * scale + mask) v`, with the `(rows, t)`
 /// score block in `scores`.
 #[allow(clippy::too_many_arguments)]
@@ -186,14 +198,17 @@ fn attend_block(
     scores: &mut [f32],
 ) {
     let _flush = super::cpu_math::FlushSubnormals::new();
+    // Keys past the last one any of these rows can see (a causal block's future) get
+    // probability exactly 0: leave them out of both products and the softmax.
+    let (t_all, t) = (t, mask.map_or(t, |m| visible_keys(m, rows, t)));
     // k^T as a (d, t) matrix: its column and row strides.
     let (k_ptr, k_cs, k_rs) = match k {
         Keys::Rows(k) => (k.as_ptr(), d as isize, 1),
-        Keys::Columns(kt) => (kt.as_ptr(), 1, t as isize),
+        Keys::Columns(kt) => (kt.as_ptr(), 1, t_all as isize),
     };
-    // SAFETY: every pointer/stride pair below describes a buffer of exactly the stated shape:
-    // q (rows, d), k (t, d) read as k^T (d, t), scores (rows, t), v (t, d), o (rows, d), all
-    // row-major and in bounds.
+    // SAFETY: every pointer/stride pair below describes a buffer of exactly the stated shape
+    // (`t <= t_all` keys): q (rows, d), k (t, d) read as k^T (d, t), scores (rows, t), v (t, d),
+    // o (rows, d), all row-major and in bounds.
     unsafe {
         gemm::gemm(
             rows,
@@ -217,9 +232,12 @@ fn attend_block(
             gemm::Parallelism::None,
         );
     }
+    let scores = &mut scores[..rows * t];
     if let Some(mask) = mask {
-        for (x, m) in scores.iter_mut().zip(mask) {
-            *x += m;
+        for (row, m) in scores.chunks_exact_mut(t).zip(mask.chunks_exact(t_all)) {
+            for (x, m) in row.iter_mut().zip(m) {
+                *x += m;
+            }
         }
     }
     for row in scores.chunks_exact_mut(t) {
