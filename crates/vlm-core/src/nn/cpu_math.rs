@@ -212,32 +212,12 @@ pub(crate) fn silu(x: f32) -> f32 {
 /// projections); `None` for other devices and dtypes or an odd width.
 pub(crate) fn gated(xs: &Tensor, act: impl Fn(f32) -> f32 + Sync + Copy) -> Result<Option<Tensor>> {
     let width = match xs.dims().last() {
-        Some(&w) if w > 0 && w % 2 == 0 => w,
+        Some(&w) if w > 0 && w.is_multiple_of(2) => w,
         _ => return Ok(None),
     };
-    if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
-        return Ok(None);
-    }
     let half = width / 2;
-    let xs = xs.contiguous()?;
-    let out = {
-        let (storage, layout) = xs.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Ok(None);
-        };
-        let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
-        let rows = ROW_CHUNK_ELEMS.div_ceil(width).max(1);
-        let mut out = vec![0f32; src.len() / 2];
-        out.par_chunks_mut(rows * half)
-            .zip(src.par_chunks(rows * width))
-            .for_each(|(o, i)| gated_rows(i, o, half, act));
-        out
-    };
-    let mut dims = xs.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = half;
-    }
-    Ok(Some(Tensor::from_vec(out, dims, &Device::Cpu)?))
+    let chunk = ROW_CHUNK_ELEMS.div_ceil(width) * width;
+    par_chunks_to(xs, chunk, half, |i, o| gated_rows(i, o, half, act))
 }
 
 fn gated_rows(src: &[f32], dst: &mut [f32], half: usize, f: impl Fn(f32) -> f32 + Copy) {
@@ -307,8 +287,33 @@ fn par_chunks(
     chunk: usize,
     f: impl Fn(&[f32], &mut [f32]) + Sync,
 ) -> Result<Option<Tensor>> {
+    let width = xs.dims().last().copied().unwrap_or(1);
+    par_chunks_to(xs, chunk, width, f)
+}
+
+/// [`par_chunks`] into rows of `out_width` values instead of the input's width; `chunk` is then
+/// a multiple of the input's width, and `f` maps its rows to as many output rows.
+fn par_chunks_to(
+    xs: &Tensor,
+    chunk: usize,
+    out_width: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> Result<Option<Tensor>> {
     if !matches!(xs.device(), Device::Cpu) || xs.dtype() != DType::F32 {
         return Ok(None);
+    }
+    let width = xs.dims().last().copied().unwrap_or(1);
+    if width == 0 || (out_width != width && !chunk.is_multiple_of(width)) {
+        return Ok(None);
+    }
+    let out_chunk = if out_width == width {
+        chunk
+    } else {
+        chunk / width * out_width
+    };
+    let mut dims = xs.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_width;
     }
     let xs = xs.contiguous()?;
     let out = {
@@ -317,13 +322,13 @@ fn par_chunks(
             return Ok(None);
         };
         let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
+        let mut out = vec![0f32; src.len() / width * out_width];
+        out.par_chunks_mut(out_chunk.max(1))
+            .zip(src.par_chunks(chunk.max(1)))
             .for_each(|(o, i)| f(i, o));
         out
     };
-    Ok(Some(Tensor::from_vec(out, xs.shape(), &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(out, dims, &Device::Cpu)?))
 }
 
 fn map_rows(src: &[f32], dst: &mut [f32], width: usize, f: impl Fn(&[f32], &mut [f32]) + Copy) {
