@@ -6,6 +6,35 @@
 use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
+/// The values of a contiguous f32 CPU tensor, borrowed (`G` holds its storage's read lock).
+pub(crate) struct CpuF32<G> {
+    storage: G,
+    start: usize,
+    len: usize,
+}
+
+impl<G: std::ops::Deref<Target = Storage>> std::ops::Deref for CpuF32<G> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(data)) => &data[self.start..self.start + self.len],
+            _ => &[],
+        }
+    }
+}
+
+/// `t`'s values if it is a contiguous f32 CPU tensor (the storage stays read-locked while the
+/// view lives).
+pub(crate) fn cpu_f32(t: &Tensor) -> Option<CpuF32<impl std::ops::Deref<Target = Storage> + '_>> {
+    let (storage, layout) = t.storage_and_layout();
+    let start = layout.contiguous_offsets()?.0;
+    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then(|| CpuF32 {
+        storage,
+        start,
+        len: t.elem_count(),
+    })
+}
+
 /// Lanes of the accumulators below: wide enough for one AVX-512 register, and what lets LLVM
 /// vectorize reductions it may not reassociate.
 const LANES: usize = 16;
@@ -316,18 +345,13 @@ fn par_chunks_to(
         *last = out_width;
     }
     let xs = xs.contiguous()?;
-    let out = {
-        let (storage, layout) = xs.storage_and_layout();
-        let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-            return Ok(None);
-        };
-        let src = &data[layout.start_offset()..layout.start_offset() + xs.elem_count()];
-        let mut out = vec![0f32; src.len() / width * out_width];
-        out.par_chunks_mut(out_chunk.max(1))
-            .zip(src.par_chunks(chunk.max(1)))
-            .for_each(|(o, i)| f(i, o));
-        out
+    let Some(src) = cpu_f32(&xs) else {
+        return Ok(None);
     };
+    let mut out = vec![0f32; src.len() / width * out_width];
+    out.par_chunks_mut(out_chunk.max(1))
+        .zip(src.par_chunks(chunk.max(1)))
+        .for_each(|(o, i)| f(i, o));
     Ok(Some(Tensor::from_vec(out, dims, &Device::Cpu)?))
 }
 

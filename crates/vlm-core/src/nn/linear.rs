@@ -352,16 +352,14 @@ fn packed_matmul(
 
 /// Calls `f` on the values of a contiguous f32 CPU tensor.
 fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
+    let Some(values) = super::cpu_math::cpu_f32(t) else {
         candle_core::bail!(
-            "linear layer: packed weights take f32 CPU {what}, found {:?} on {:?}",
+            "linear layer: packed weights take contiguous f32 CPU {what}, found {:?} on {:?}",
             t.dtype(),
             t.device()
         );
     };
-    let start = layout.start_offset();
-    f(&data[start..start + t.elem_count()])
+    f(&values)
 }
 
 /// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these

@@ -15,7 +15,7 @@
 //! at a time there: candle's batched CPU matmul is a loop of GEMMs and the smaller score tensors
 //! stay in cache. Batching the runs is for GPUs, where each matmul is a kernel launch.
 
-use candle_core::{CpuStorage, DType, Device, Result, Storage, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// Above this many attention scores per matmul, a group is split (by segments, then by query
@@ -131,34 +131,6 @@ pub fn varlen_attention_qkv(
     varlen_attention(&q, &k, &part(2)?, plan, scale)?.reshape((n, heads * head_dim))
 }
 
-/// The values of a contiguous f32 CPU tensor, borrowed (`G` holds its storage's read lock).
-struct CpuF32<G> {
-    storage: G,
-    start: usize,
-    len: usize,
-}
-
-impl<G: std::ops::Deref<Target = Storage>> std::ops::Deref for CpuF32<G> {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        match &*self.storage {
-            Storage::Cpu(CpuStorage::F32(data)) => &data[self.start..self.start + self.len],
-            _ => &[],
-        }
-    }
-}
-
-/// `t`'s values if it is a contiguous f32 CPU tensor.
-fn cpu_f32(t: &Tensor) -> Option<CpuF32<impl std::ops::Deref<Target = Storage> + '_>> {
-    let (storage, layout) = t.storage_and_layout();
-    let start = layout.contiguous_offsets()?.0;
-    matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then(|| CpuF32 {
-        storage,
-        start,
-        len: t.elem_count(),
-    })
-}
-
 /// The CPU f32 path of [`varlen_attention_qkv`] for one segment; `None` for other devices,
 /// dtypes or layouts.
 fn fused_single_segment(
@@ -177,7 +149,11 @@ fn fused_single_segment(
     let (n, d, half) = (qkv.dim(0)?, head_dim, head_dim / 2);
     let (qkv, cos, sin) = (qkv.contiguous()?, cos.contiguous()?, sin.contiguous()?);
     let [q, k, v] = {
-        let (Some(x), Some(c), Some(s)) = (cpu_f32(&qkv), cpu_f32(&cos), cpu_f32(&sin)) else {
+        let (Some(x), Some(c), Some(s)) = (
+            super::cpu_math::cpu_f32(&qkv),
+            super::cpu_math::cpu_f32(&cos),
+            super::cpu_math::cpu_f32(&sin),
+        ) else {
             return Ok(None);
         };
         let (x, c, s) = (&*x, &*c, &*s);
@@ -222,7 +198,7 @@ fn fused_single_segment(
         return Ok(None);
     };
     // (1, heads, n, d) -> (n, heads * d), token rows in parallel.
-    let Some(o) = cpu_f32(&out) else {
+    let Some(o) = super::cpu_math::cpu_f32(&out) else {
         return Ok(None);
     };
     let o = &*o;
