@@ -11,7 +11,7 @@ mod linear;
 mod norm;
 mod qgemv;
 mod rope;
-mod sgemm;
+pub(crate) mod sgemm;
 mod varlen;
 
 pub use activation::Activation;

@@ -145,11 +145,17 @@ impl Layer {
     }
 }
 
-/// A loaded dense layer, quantized to `quantization` or else packed for our GEMM.
+/// A loaded dense layer, quantized to `quantization` or else (also when its width is off the
+/// block grid) packed for our GEMM.
 fn finish_linear(l: Linear, quantization: Option<Quantization>) -> Result<Linear> {
-    match quantization {
-        Some(kind) => l.quantized(kind),
-        None => l.packed(),
+    let l = match quantization {
+        Some(kind) => l.quantized(kind)?,
+        None => l,
+    };
+    if l.quantization().is_some() {
+        Ok(l)
+    } else {
+        l.packed()
     }
 }
 
@@ -349,11 +355,11 @@ mod tests {
     use candle_core::Device;
     use std::collections::HashMap;
 
-    fn config(tie: bool) -> DecoderConfig {
+    fn config(tie: bool, intermediate_size: usize) -> DecoderConfig {
         DecoderConfig {
             vocab_size: 40,
             hidden_size: 256,
-            intermediate_size: 512,
+            intermediate_size,
             num_hidden_layers: 2,
             num_attention_heads: 4,
             num_key_value_heads: 2,
@@ -395,8 +401,12 @@ mod tests {
     #[test]
     fn quantizing_while_loading_equals_quantizing_after() -> Result<()> {
         let dev = Device::Cpu;
-        for (tie, kind) in [(false, Quantization::Q8_0), (true, Quantization::Q4K)] {
-            let cfg = config(tie);
+        // The second case's MLP width (320) is off Q4_K's 256 grid: down_proj stays float.
+        for (tie, kind, width, kept) in [
+            (false, Quantization::Q8_0, 512, 0),
+            (true, Quantization::Q4K, 320, 2),
+        ] {
+            let cfg = config(tie, width);
             let w = weights(&cfg)?;
             let vb = || VarBuilder::from_tensors(w.clone(), DType::F32, &dev);
             let mut after = Decoder::new(&cfg, vb().pp("model"), vb().pp("lm_head"))?;
@@ -406,7 +416,16 @@ mod tests {
             let mut again = during.clone();
             assert_eq!(again.quantize(kind)?, report);
             // Per layer: q, k, v, o, gate, up, down; and the head.
-            assert_eq!(report.quantized, 2 * 7 + 1);
+            assert_eq!(
+                (report.quantized, report.kept_dense),
+                (2 * 7 + 1 - kept, kept)
+            );
+            // A layer left in float is packed for our GEMM like any other float layer.
+            let down = &during.layers[0].mlp.down_proj;
+            assert_eq!(down.quantization().is_none(), kept > 0);
+            if kept > 0 {
+                assert_eq!(down.weight().is_none(), crate::nn::sgemm::available());
+            }
             let ids = Tensor::new(&[[3u32, 7, 1, 30, 12]], &dev)?;
             let positions = Tensor::new(&[[0u32, 1, 2, 3, 4]], &dev)?;
             let logits = |d: &Decoder| -> Result<Vec<f32>> {
