@@ -34,6 +34,11 @@ fn matmul(c: &mut Criterion) -> Res<()> {
         ("prefill_mlp_up", 412, 1536, 8960),
         ("prefill_mlp_down", 127, 8960, 1536),
         ("vision_mlp_up", 1024, 1280, 5120),
+        // SmolLM2-135M (SmolVLM-256M's decoder): widths off the 256 grid of candle's fast
+        // quantized GEMM, stacked q/k/v and gate/up as the loader builds them.
+        ("smol_prefill_qkv", 1262, 576, 960),
+        ("smol_prefill_gate_up", 1262, 576, 3072),
+        ("smol_prefill_down", 1262, 1536, 576),
     ];
     let kinds: [(&str, DType, Option<Quantization>); 5] = [
         ("f32", DType::F32, None),

@@ -295,7 +295,7 @@ impl Linear {
                 let ys = match super::qgemv::matmul_t(&flat, blocks)? {
                     Some(ys) => ys,
                     None if prefill_dequantized(*kind, blocks, rows) => {
-                        q8_0_dequantized_matmul(&flat, blocks)?
+                        dequantized_matmul(&flat, blocks, bias.take())?
                     }
                     None => {
                         // candle's quantized kernels take f32 activations.
@@ -363,10 +363,14 @@ fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) 
 }
 
 /// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these
-/// quantized weights run as an f32 GEMM on dequantized weights. candle's fast x86 quantized GEMM
-/// (weights repacked for VNNI/AMX) needs widths that are multiples of 256; for other Q8_0 widths
-/// (SmolLM2's 576) it falls back to a dot product per row pair that ran a 2262-token SmolVLM-256M
-/// prefill 3x slower than f32. The dequantized product is also the more exact one (no 8-bit
+/// quantized weights run as an f32 GEMM on weights decoded panel by panel. candle's fast x86
+/// quantized GEMM (weights repacked for VNNI/AMX) needs widths that are multiples of 256; for
+/// other Q8_0 widths (SmolLM2's 576) it falls back to a dot product per row pair. Measured with
+/// `benches/benches/ops.rs` (ms, 2 threads), f32 packed / candle Q8_0 / decoded Q8_0:
+/// 1262x576x960 5.7 / 54.9 / 6.1, 1262x576x3072 14.8-16.3 / 156 / 15.8. On the 256 grid candle's
+/// int8 kernels beat any f32 product (412x1536x8960: 38.8 / 24.5 / 50.7), and at SmolLM2's
+/// down projection (1262x1536x576) the two are within the noise (9.5-11.6 both ways), so
+/// those stay with candle. The decoded product is also the more exact one (no 8-bit
 /// activations).
 fn prefill_dequantized(kind: Quantization, w: &QTensor, rows: usize) -> bool {
     rows > super::gemv::MAX_ROWS
@@ -375,17 +379,58 @@ fn prefill_dequantized(kind: Quantization, w: &QTensor, rows: usize) -> bool {
         && w.shape().dims().last().is_some_and(|k| k % 256 != 0)
 }
 
-/// `x W^T` for a Q8_0 `W`, dequantizing [`WIDEN_BLOCK_ROWS`] weight rows at a time for candle's
-/// f32 GEMM, so no full f32 copy of the weight is allocated.
-fn q8_0_dequantized_matmul(x: &Tensor, w: &QTensor) -> Result<Tensor> {
-    widened_matmul(
-        x,
-        w.shape().dims2()?.0,
-        |start, n| match super::qgemv::dequantize_q8_0_rows(w, start, n)? {
-            Some(wf) => Ok(wf),
-            None => candle_core::bail!("expected a Q8_0 weight on the CPU, found {:?}", w.dtype()),
-        },
-    )
+/// `x W^T (+ bias)` for a Q8_0 `W`, decoded to f32 a panel group at a time by our packed
+/// GEMM where it runs (no f32 copy of the whole weight is held), else [`WIDEN_BLOCK_ROWS`] rows
+/// at a time for candle's f32 GEMM. Either way the values are the f32 product with the
+/// dequantized weight, rounded back to `x`'s dtype.
+fn dequantized_matmul(x: &Tensor, w: &QTensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let Some(rows) = super::qgemv::QuantRows::new(w)? else {
+        candle_core::bail!(
+            "expected a Q8_0 weight on the CPU, found {:?} on {:?}",
+            w.dtype(),
+            w.device()
+        );
+    };
+    let (n, k) = (
+        sgemm::WeightRows::out_features(&rows),
+        sgemm::WeightRows::in_features(&rows),
+    );
+    let xf = x.to_dtype(DType::F32)?.contiguous()?;
+    let y = if sgemm::available() {
+        let bias = bias
+            .map(|b| b.to_dtype(DType::F32)?.contiguous())
+            .transpose()?;
+        let m = xf.dim(0)?;
+        let y = with_cpu_f32(&xf, "inputs", |x| match &bias {
+            Some(b) => with_cpu_f32(b, "bias", |b| {
+                sgemm::matmul_t_rows(&rows, x, m, Some(b), Epilogue::None)
+            }),
+            None => sgemm::matmul_t_rows(&rows, x, m, None, Epilogue::None),
+        })?;
+        Tensor::from_vec(y, (m, n), &Device::Cpu)?
+    } else {
+        let y = widened_matmul(&xf, n, |start, count| {
+            let mut block = vec![0f32; count * k];
+            let mut values = [0f32; sgemm::ROW_CHUNK];
+            for (i, row) in block.chunks_exact_mut(k).enumerate() {
+                for (c, dst) in row.chunks_exact_mut(sgemm::ROW_CHUNK).enumerate() {
+                    sgemm::WeightRows::row_chunk(
+                        &rows,
+                        start + i,
+                        c * sgemm::ROW_CHUNK,
+                        &mut values,
+                    );
+                    dst.copy_from_slice(&values);
+                }
+            }
+            Tensor::from_vec(block, (count, k), &Device::Cpu)
+        })?;
+        match bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+            None => y,
+        }
+    };
+    y.to_dtype(x.dtype())
 }
 
 /// `x W^T` in f32 with `W` `(out, in)` produced [`WIDEN_BLOCK_ROWS`] rows at a time by
@@ -466,21 +511,25 @@ mod tests {
     #[test]
     fn q8_0_prefill_off_the_256_grid_is_the_dequantized_product() -> Result<()> {
         let dev = Device::Cpu;
-        let w = (Tensor::randn(0f32, 1.0, (40, 576), &dev)? / 24.0)?;
-        let q = Linear::from_weights(w.clone(), None).quantized(Quantization::Q8_0)?;
-        let Weight::Quantized { blocks, .. } = &q.weight else {
-            panic!("576 is a multiple of 32: Q8_0 applies");
-        };
-        assert!(prefill_dequantized(Quantization::Q8_0, blocks, 7));
-        // Decode steps never dequantize the whole weight.
-        assert!(!prefill_dequantized(Quantization::Q8_0, blocks, 1));
-        let x = Tensor::randn(0f32, 1.0, (7, 576), &dev)?;
-        let got = q.forward(&x)?;
-        let exact = x.matmul(&blocks.dequantize(&dev)?.t()?)?;
-        let err = relative_error(&got, &exact)?;
-        assert!(err < 1e-6, "vs the dequantized product: {err}");
-        let err = relative_error(&got, &x.matmul(&w.t()?)?)?;
-        assert!(err < 0.01, "vs the dense layer: {err}");
+        // The second weight spans two blocks of dequantized rows (WIDEN_BLOCK_ROWS).
+        for (out, inp) in [(40, 576), (WIDEN_BLOCK_ROWS + 34, 96)] {
+            let w = (Tensor::randn(0f32, 1.0, (out, inp), &dev)? / (inp as f64).sqrt())?;
+            let q = Linear::from_weights(w.clone(), None).quantized(Quantization::Q8_0)?;
+            let Weight::Quantized { blocks, .. } = &q.weight else {
+                panic!("{inp} is a multiple of 32: Q8_0 applies");
+            };
+            assert!(prefill_dequantized(Quantization::Q8_0, blocks, 7));
+            // Decode steps never dequantize the whole weight.
+            assert!(!prefill_dequantized(Quantization::Q8_0, blocks, 1));
+            let x = Tensor::randn(0f32, 1.0, (7, inp), &dev)?;
+            let got = q.forward(&x)?;
+            assert_eq!(got.dims(), [7, out]);
+            let exact = x.matmul(&blocks.dequantize(&dev)?.t()?)?;
+            let err = relative_error(&got, &exact)?;
+            assert!(err < 1e-6, "{out}x{inp} vs the dequantized product: {err}");
+            let err = relative_error(&got, &x.matmul(&w.t()?)?)?;
+            assert!(err < 0.01, "{out}x{inp} vs the dense layer: {err}");
+        }
         Ok(())
     }
 

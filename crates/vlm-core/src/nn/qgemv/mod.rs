@@ -89,48 +89,6 @@ pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     ))
 }
 
-/// Rows `start..start + n` of a Q8_0 weight `(out, in)` dequantized to f32 `(n, in)`, or `None`
-/// when `w` is not Q8_0 on the CPU. Each value is its block's f16 scale times its `i8`, the
-/// same products as candle's `dequantize`.
-pub(crate) fn dequantize_q8_0_rows(w: &QTensor, start: usize, n: usize) -> Result<Option<Tensor>> {
-    if w.dtype() != GgmlDType::Q8_0 || !matches!(w.device(), Device::Cpu) {
-        return Ok(None);
-    }
-    let (out_dim, in_dim) = w.shape().dims2()?;
-    if in_dim % Q8_0_BLOCK != 0 || start + n > out_dim {
-        candle_core::bail!(
-            "dequantizing rows {start}..{} of a {out_dim}x{in_dim} Q8_0 weight",
-            start + n
-        );
-    }
-    let data = w.data()?;
-    let row_bytes = in_dim / Q8_0_BLOCK * Q8_0_BYTES;
-    let Some(rows) = data.get(start * row_bytes..(start + n) * row_bytes) else {
-        candle_core::bail!(
-            "Q8_0 weight {:?}: {} bytes, rows {start}..{} need {}",
-            w.shape(),
-            data.len(),
-            start + n,
-            (start + n) * row_bytes
-        );
-    };
-    let mut ys = vec![0f32; n * in_dim];
-    ys.par_chunks_mut(in_dim)
-        .zip(rows.par_chunks(row_bytes))
-        .for_each(|(y, row)| {
-            for (y, blk) in y
-                .chunks_exact_mut(Q8_0_BLOCK)
-                .zip(row.chunks_exact(Q8_0_BYTES))
-            {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                for (y, &q) in y.iter_mut().zip(&blk[2..]) {
-                    *y = d * q as i8 as f32;
-                }
-            }
-        });
-    Ok(Some(Tensor::from_vec(ys, (n, in_dim), &Device::Cpu)?))
-}
-
 /// `y[r][o]`, row-major `(rows, out)`, with `band(weight_rows, out_block)` filling a
 /// `(rows, band)` block for a band of weight rows.
 fn run(
@@ -285,7 +243,7 @@ fn unpack_scales(s: &[u8]) -> (u64, u64) {
     )
 }
 
-#[cfg(test)]
+#[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
@@ -379,8 +337,11 @@ fn band_q4k_scalar(acts: &ActsQ8K, ws: &[u8], out: &mut [f32]) {
     }
 }
 
+mod rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub(crate) use rows::QuantRows;
 
 #[cfg(test)]
 mod tests {

@@ -185,6 +185,67 @@ impl PackedF32 {
         bias: Option<&[f32]>,
         then: Epilogue,
     ) -> Result<Vec<f32>> {
+        Weights::Packed(self).matmul_t(x, rows, bias, then)
+    }
+}
+
+/// A weight whose rows are produced on demand (quantized blocks decoded to f32), for a product
+/// that must not hold an f32 copy of the whole weight: see [`matmul_t_rows`].
+pub(crate) trait WeightRows: Sync {
+    fn out_features(&self) -> usize;
+    fn in_features(&self) -> usize;
+    /// Values `k0..k0 + ROW_CHUNK` of weight row `o` (`k0` a multiple of [`ROW_CHUNK`], which
+    /// divides `in_features`).
+    fn row_chunk(&self, o: usize, k0: usize, values: &mut [f32; ROW_CHUNK]);
+}
+
+/// Input features per [`WeightRows::row_chunk`]: one GGML Q8_0 block, or one Q4_K sub-block.
+pub(crate) const ROW_CHUNK: usize = 32;
+
+/// [`PackedF32::matmul_t`] against a weight given by rows. Each task packs the rows of its own
+/// group of panels into a per-thread buffer (a few hundred KB that stay in L2 while every row
+/// tile meets them), so the weight is decoded about once per product, and each output is the
+/// same sum as the packed product of the decoded weight.
+pub(crate) fn matmul_t_rows(
+    w: &dyn WeightRows,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    then: Epilogue,
+) -> Result<Vec<f32>> {
+    if !w.in_features().is_multiple_of(ROW_CHUNK) {
+        candle_core::bail!(
+            "packed matmul: weight rows come in chunks of {ROW_CHUNK}, found {} input features",
+            w.in_features()
+        );
+    }
+    Weights::Rows(w).matmul_t(x, rows, bias, then)
+}
+
+/// Where [`Weights::product`] reads the panels of a weight.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// Packed once, read in place.
+    Packed(&'a PackedF32),
+    /// Packed per task from rows.
+    Rows(&'a dyn WeightRows),
+}
+
+impl Weights<'_> {
+    fn dims(self) -> (usize, usize) {
+        match self {
+            Self::Packed(p) => (p.out_features, p.in_features),
+            Self::Rows(w) => (w.out_features(), w.in_features()),
+        }
+    }
+
+    fn matmul_t(
+        self,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        then: Epilogue,
+    ) -> Result<Vec<f32>> {
         match then {
             Epilogue::None => self.product(x, rows, bias, None::<fn(f32) -> f32>),
             Epilogue::QuickGelu => self.product(x, rows, bias, Some(cpu_math::quick_gelu)),
@@ -192,16 +253,63 @@ impl PackedF32 {
         }
     }
 
-    /// [`matmul_t`](Self::matmul_t) with the epilogue as a function the compiler
-    /// inlines (and vectorizes) into the block loop.
+    /// Calls `f` with panels `range` in [`PackedF32`]'s layout, starting at the first.
+    fn with_panels<R>(self, range: std::ops::Range<usize>, f: impl FnOnce(*const f32) -> R) -> R {
+        match self {
+            Self::Packed(p) => {
+                let panel_lines = p.in_features * NR / 16;
+                f(p.lines[range.start * panel_lines..].as_ptr() as *const f32)
+            }
+            Self::Rows(w) => ROW_PANELS.with_borrow_mut(|(lines, chunk)| {
+                let (n, k) = (w.out_features(), w.in_features());
+                let panel_lines = k * NR / 16;
+                let first = range.start * NR;
+                let count = (range.end * NR).min(n) - first;
+                let len = range.len() * panel_lines;
+                if lines.len() < len {
+                    lines.resize(len, Line::default());
+                }
+                let lines = &mut lines[..len];
+                if !count.is_multiple_of(NR) {
+                    // The padding columns of a ragged last panel: zeros, as `pack` leaves them.
+                    lines[(range.len() - 1) * panel_lines..].fill(Line::default());
+                }
+                // Per panel and per 32 input features: 32 rows' values decoded side by side
+                // (in L1), then stored transposed as 32 whole panel rows, in order. (Decoding
+                // a whole weight row and scattering it down a panel, as `pack` does once at
+                // load, touches a cache line per value and cost more than the product.)
+                for (p, panel) in lines.chunks_exact_mut(panel_lines).enumerate() {
+                    let o = first + p * NR;
+                    let width = NR.min(n - o);
+                    for k0 in (0..k).step_by(ROW_CHUNK) {
+                        for (j, vals) in chunk.iter_mut().take(width).enumerate() {
+                            w.row_chunk(o + j, k0, vals);
+                        }
+                        for (kk, pair) in panel[k0 * 2..(k0 + ROW_CHUNK) * 2]
+                            .chunks_exact_mut(2)
+                            .enumerate()
+                        {
+                            for j in 0..width {
+                                pair[j / 16].0[j % 16] = chunk[j][kk];
+                            }
+                        }
+                    }
+                }
+                f(lines.as_ptr() as *const f32)
+            }),
+        }
+    }
+
+    /// [`PackedF32::matmul_t`] with the epilogue as a function the compiler inlines (and
+    /// vectorizes) into the block loop.
     fn product<F: Fn(f32) -> f32 + Sync + Copy>(
-        &self,
+        self,
         x: &[f32],
         rows: usize,
         bias: Option<&[f32]>,
         then: Option<F>,
     ) -> Result<Vec<f32>> {
-        let (n, k) = (self.out_features, self.in_features);
+        let (n, k) = self.dims();
         if x.len() != rows * k {
             candle_core::bail!(
                 "packed matmul: expected {rows} x {k} activations, found {} values",
@@ -248,8 +356,10 @@ impl PackedF32 {
                 // and `r0` is a multiple of MR (a tile boundary, see `Split`), so the chunk's tiles
                 // start at `r0 * k`; `y` has room for `rows x n`; task `(g, c)` owns rows
                 // `r0..r1` of output columns `[p0 * NR, min(p1 * NR, n))`, disjoint across tasks.
-                unsafe {
-                    self.panels(
+                self.with_panels(p0..p1, |w| unsafe {
+                    panel_product(
+                        (n, k),
+                        w,
                         &xp[r0 * k..r1 * k],
                         r1 - r0,
                         p0..p1,
@@ -258,7 +368,7 @@ impl PackedF32 {
                         bias,
                         then,
                     )
-                };
+                });
             });
         // SAFETY: `panels` stored every column of every row of each panel, and the tasks
         // covered all panels: all `rows x n` values.
@@ -271,52 +381,53 @@ impl PackedF32 {
         });
         Ok(y)
     }
+}
 
-    /// Rows `0..rows` of `y` (row stride `ldy`), columns of panels `range`: `xp W^T (+ bias)`,
-    /// then `then` if given. Every one of those outputs is stored once by the first input block
-    /// (plus the bias), accumulated by the later ones, and mapped by `then` after the last.
-    ///
-    /// # Safety
-    /// AVX-512F and FMA are present (see [`available`]); `xp` holds `rows x in` values packed by
-    /// [`pack_rows`] (or one plain row); `y` has room for those rows and columns; `bias`,
-    /// if any, holds `out` values; `in > 0`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn panels<F: Fn(f32) -> f32 + Copy>(
-        &self,
-        xp: &[f32],
-        rows: usize,
-        range: std::ops::Range<usize>,
-        y: *mut f32,
-        ldy: usize,
-        bias: Option<&[f32]>,
-        then: Option<F>,
-    ) {
-        let (n, k) = (self.out_features, self.in_features);
-        let panel_len = k * NR;
-        // Equal input blocks of at most KC.
-        let step = k.div_ceil(k.div_ceil(KC));
-        for k0 in (0..k).step_by(step) {
-            let kc = step.min(k - k0);
-            let mut r = 0;
-            while r < rows {
-                let mr = MR.min(rows - r);
-                let xs = xp.as_ptr().add(r * k + k0 * mr);
-                for p in range.clone() {
-                    let w = (self.lines.as_ptr() as *const f32).add(p * panel_len + k0 * NR);
-                    let out = Out {
-                        y: y.add(r * ldy + p * NR),
-                        ldy,
-                        cols: NR.min(n - p * NR),
-                        first: k0 == 0,
-                        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p * NR)),
-                    };
-                    block(mr, xs, mr, w, kc, &out);
-                    if let (Some(f), true) = (then, k0 + kc == k) {
-                        finish(&out, mr, f);
-                    }
+/// Rows `0..rows` of `y` (row stride `ldy`), columns of panels `range`: `xp W^T (+ bias)`,
+/// then `then` if given. Every one of those outputs is stored once by the first input block
+/// (plus the bias), accumulated by the later ones, and mapped by `then` after the last.
+///
+/// # Safety
+/// AVX-512F and FMA are present (see [`available`]); `w` holds panels `range` of an
+/// `(out, in)` weight in [`PackedF32`]'s layout, 64-byte aligned, from the first; `xp` holds
+/// `rows x in` values packed by [`pack_rows`] (or one plain row); `y` has room for those rows
+/// and columns; `bias`, if any, holds `out` values; `in > 0`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_product<F: Fn(f32) -> f32 + Copy>(
+    (n, k): (usize, usize),
+    w: *const f32,
+    xp: &[f32],
+    rows: usize,
+    range: std::ops::Range<usize>,
+    y: *mut f32,
+    ldy: usize,
+    bias: Option<&[f32]>,
+    then: Option<F>,
+) {
+    let panel_len = k * NR;
+    // Equal input blocks of at most KC.
+    let step = k.div_ceil(k.div_ceil(KC));
+    for k0 in (0..k).step_by(step) {
+        let kc = step.min(k - k0);
+        let mut r = 0;
+        while r < rows {
+            let mr = MR.min(rows - r);
+            let xs = xp.as_ptr().add(r * k + k0 * mr);
+            for p in range.clone() {
+                let w = w.add((p - range.start) * panel_len + k0 * NR);
+                let out = Out {
+                    y: y.add(r * ldy + p * NR),
+                    ldy,
+                    cols: NR.min(n - p * NR),
+                    first: k0 == 0,
+                    bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p * NR)),
+                };
+                block(mr, xs, mr, w, kc, &out);
+                if let (Some(f), true) = (then, k0 + kc == k) {
+                    finish(&out, mr, f);
                 }
-                r += mr;
             }
+            r += mr;
         }
     }
 }
@@ -365,6 +476,9 @@ thread_local! {
     /// tens of megabytes (a vision tower's MLP input) would be zeroed and page-faulted in on
     /// every call. Grown, never shrunk.
     static PACKED_X: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's panels packed from a [`WeightRows`] and the row being packed.
+    static ROW_PANELS: std::cell::RefCell<(Vec<Line>, [[f32; ROW_CHUNK]; NR])> =
+        const { std::cell::RefCell::new((Vec::new(), [[0.0; ROW_CHUNK]; NR])) };
 }
 
 /// `x` `(rows, k)` row-major into `out[..rows * k]` (grown if needed) as consecutive tiles of
