@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use vlm::{
-    DType, Device, FrameSampling, GenerateParams, Generation, LoadOptions, ModelSource,
-    Quantization, Request, SamplingParams, TokenLogprob, Vlm,
+    DType, Device, FrameSampling, GenerateParams, Generation, LoadOptions, MediaOptions,
+    ModelSource, Quantization, Request, SamplingParams, TokenLogprob, Vlm,
 };
 
 /// Flags every example takes.
@@ -139,15 +139,18 @@ pub fn run(args: &CommonArgs, model: &str, prompt: &str) -> Result<()> {
         device: parse_device(&args.device)?,
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         quantization: args.quant,
-        image_splitting: args.no_image_splitting.then_some(false),
-        min_pixels: args.min_pixels,
-        max_pixels: args.max_pixels,
-        video_sampling: match (args.num_frames, args.sample_fps) {
-            (Some(n), _) => Some(FrameSampling::NumFrames(n)),
-            (None, Some(f)) => Some(FrameSampling::Fps(f)),
-            (None, None) => None,
+        media: MediaOptions {
+            image_splitting: args.no_image_splitting.then_some(false),
+            min_pixels: args.min_pixels,
+            max_pixels: args.max_pixels,
+            video_sampling: match (args.num_frames, args.sample_fps) {
+                (Some(n), _) => Some(FrameSampling::NumFrames(n)),
+                (None, Some(f)) => Some(FrameSampling::Fps(f)),
+                (None, None) => None,
+            },
+            max_video_tokens: args.max_video_tokens,
+            ..MediaOptions::default()
         },
-        max_video_tokens: args.max_video_tokens,
         ..LoadOptions::default()
     };
     let source = ModelSource::parse(model, args.revision.as_deref());

@@ -59,6 +59,25 @@ impl Reference {
     }
 }
 
+/// The loaded model as its family's type `T` (to run a vision tower or projector alone).
+pub fn family_model<T: vlm::VisionLanguageModel>(vlm: &vlm::Vlm) -> Result<&T> {
+    vlm.model().downcast_ref::<T>().with_context(|| {
+        format!(
+            "{} did not load as a {}",
+            vlm.model().architecture(),
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The prepared media as its family's type `T`.
+pub fn family_media<T: vlm::MediaInputs>(prepared: &vlm::Prepared) -> Result<&T> {
+    prepared
+        .media
+        .downcast_ref::<T>()
+        .with_context(|| format!("prepared media are not a {}", std::any::type_name::<T>()))
+}
+
 /// Largest `|a - b|` over two same-shaped tensors (compared in f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     anyhow::ensure!(

@@ -152,8 +152,9 @@ fn bad_images_are_errors() -> Result<()> {
         .save(&one)?;
     let img = vlm.load_image(&one)?;
     let prepared = vlm.prepare(&Request::new("What colour?", vec![img]))?;
+    let images = vlm_tests::family_media::<vlm_core::models::LlavaImages>(&prepared)?;
     assert_eq!(
-        prepared.pixel_values.map(|p| p.dims().to_vec()),
+        images.pixel_values.as_ref().map(|p| p.dims().to_vec()),
         Some(vec![1, 3, 28, 28])
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,8 +11,11 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use vlm::{LoadOptions, Message, ModelSource, Request, Vlm};
-use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, request, Reference};
+use vlm::{LoadOptions, MediaOptions, Message, ModelSource, Request, Vlm};
+use vlm_core::models::{Idefics3, Idefics3Images};
+use vlm_tests::{
+    check_logits_and_greedy, family_media, family_model, fixtures, max_abs_diff, request, Reference,
+};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -60,15 +63,14 @@ fn idefics3_tiling_split_and_unsplit_match_transformers() -> Result<()> {
                 )
             })
             .collect();
-        assert_eq!(prepared.tile_grids, want_grids, "{what}: tile grids");
+        let media: &Idefics3Images = family_media(&prepared)?;
+        assert_eq!(media.tile_grids, want_grids, "{what}: tile grids");
 
-        let vlm::Model::Idefics3(model) = vlm.model() else {
-            anyhow::bail!("{folder} should load as Idefics3");
-        };
-        if let Some(px) = &prepared.pixel_values {
+        let model: &Idefics3 = family_model(vlm)?;
+        if let Some(px) = &media.pixel_values {
             let d = max_abs_diff(px, reference.tensor(n, "pixel_values")?)?;
             assert!(d <= PIXEL_TOL, "{what}: pixel values differ by {d}");
-            let mask = prepared.pixel_attention_mask.as_ref().context("mask")?;
+            let mask = media.pixel_attention_mask.as_ref().context("mask")?;
             let want = reference
                 .tensor(n, "pixel_attention_mask")?
                 .to_dtype(DType::U8)?;
@@ -130,14 +132,18 @@ fn idefics3_placeholder_and_feature_counts_must_match() -> Result<()> {
 #[test]
 fn idefics3_splitting_can_be_turned_off_from_the_api() -> Result<()> {
     let options = LoadOptions {
-        image_splitting: Some(false),
+        media: MediaOptions {
+            image_splitting: Some(false),
+            ..MediaOptions::default()
+        },
         ..LoadOptions::default()
     };
     let vlm = Vlm::load(&ModelSource::Local(fixtures().join(NAME)), &options)?;
     let img = vlm.load_image(fixtures().join("reference/images/large_astronaut.png"))?;
     let prepared = vlm.prepare(&Request::new("What is in the image?", vec![img]))?;
-    assert_eq!(prepared.tile_grids, vec![(0, 0)]);
-    assert_eq!(prepared.pixel_values.as_ref().context("pixels")?.dim(0)?, 1);
+    let media: &Idefics3Images = family_media(&prepared)?;
+    assert_eq!(media.tile_grids, vec![(0, 0)]);
+    assert_eq!(media.pixel_values.as_ref().context("pixels")?.dim(0)?, 1);
     vlm.prompt_logits(&prepared)?;
     Ok(())
 }

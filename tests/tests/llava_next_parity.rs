@@ -10,7 +10,10 @@
 use anyhow::{Context, Result};
 use candle_core::DType;
 use vlm::{LoadOptions, ModelSource, Request, Vlm};
-use vlm_tests::{check_logits_and_greedy, fixtures, max_abs_diff, request, Reference};
+use vlm_core::models::{AnyresImages, LlavaNext};
+use vlm_tests::{
+    check_logits_and_greedy, family_media, family_model, fixtures, max_abs_diff, request, Reference,
+};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -28,9 +31,7 @@ fn check_model(name: &str) -> Result<()> {
     let reference = Reference::load(name)?;
     let cases = reference.cases();
     assert!(cases.len() >= 5, "{name}: too few reference cases");
-    let vlm::Model::LlavaNext(model) = vlm.model() else {
-        anyhow::bail!("{name} should load as LLaVA-NeXT / OneVision");
-    };
+    let model: &LlavaNext = family_model(&vlm)?;
     for (i, case) in cases.iter().enumerate() {
         let n = i + 1;
         let what = format!("{name} case {n} ({})", case["description"]);
@@ -46,7 +47,8 @@ fn check_model(name: &str) -> Result<()> {
             "{what}: expanded ids"
         );
         let images = case["images"].as_array().context("images")?;
-        if let Some(px) = &prepared.pixel_values {
+        let media: &AnyresImages = family_media(&prepared)?;
+        if let Some(px) = &media.pixel_values {
             let sizes = reference
                 .tensor(n, "image_sizes")?
                 .to_dtype(DType::I64)?
@@ -55,9 +57,9 @@ fn check_model(name: &str) -> Result<()> {
                 .iter()
                 .map(|s| (s[0] as usize, s[1] as usize))
                 .collect();
-            assert_eq!(prepared.image_sizes, sizes, "{what}: image sizes");
+            assert_eq!(media.image_sizes, sizes, "{what}: image sizes");
             let mut start = 0;
-            for (k, &views) in prepared.views_per_image.iter().enumerate() {
+            for (k, &views) in media.views_per_image.iter().enumerate() {
                 let want_views = images[k]["views"].as_u64().context("views")? as usize;
                 assert_eq!(views, want_views, "{what}: views of image {k}");
                 let mine = px.narrow(0, start, views)?;
@@ -74,10 +76,13 @@ fn check_model(name: &str) -> Result<()> {
                 );
                 start += views;
             }
-            let feats = vlm
-                .model()
-                .image_features(&prepared, DType::F32)?
-                .context("features")?;
+            let mut per_image = Vec::new();
+            let mut start = 0;
+            for &views in &media.views_per_image {
+                per_image.push(px.narrow(0, start, views)?);
+                start += views;
+            }
+            let feats = model.image_features(&per_image, &media.image_sizes)?;
             let d = max_abs_diff(&feats, reference.tensor(n, "image_features")?)?;
             assert!(
                 d <= FEATURE_TOL,

@@ -7,7 +7,11 @@
 
 use anyhow::{Context, Result};
 use vlm::{LoadOptions, ModelSource, Vlm};
-use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, request, Reference};
+use vlm_core::models::{Llava, LlavaImages};
+use vlm_tests::{
+    check_logits_and_greedy, cosine, family_media, family_model, fixtures, max_abs_diff, request,
+    Reference,
+};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -37,16 +41,15 @@ fn check_model(name: &str) -> Result<()> {
             reference.ids(n, "input_ids")?,
             "{name} case {n}: input ids"
         );
-        let px = prepared.pixel_values.as_ref().context("pixel values")?;
+        let media: &LlavaImages = family_media(&prepared)?;
+        let px = media.pixel_values.as_ref().context("pixel values")?;
         let d = max_abs_diff(px, reference.tensor(n, "pixel_values")?)?;
         assert!(
             d <= PIXEL_TOL,
             "{name} case {n}: pixel values differ by {d}"
         );
 
-        let vlm::Model::Llava(llava) = vlm.model() else {
-            anyhow::bail!("{name} should load as LLaVA");
-        };
+        let llava: &Llava = family_model(&vlm)?;
         let vis = llava.vision_features(px)?;
         let d = max_abs_diff(&vis, reference.tensor(n, "vision_selected")?)?;
         assert!(

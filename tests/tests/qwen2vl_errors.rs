@@ -3,13 +3,20 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use vlm::{
-    ContentPart, GenerateParams, LoadOptions, Message, ModelSource, Prepared, Request, RgbImage,
-    Video, Vlm,
+    ContentPart, GenerateParams, LoadOptions, MediaOptions, Message, ModelSource, Prepared,
+    Request, RgbImage, Video, Vlm,
 };
+use vlm_core::models::QwenMedia;
 use vlm_preprocess::image;
-use vlm_tests::{fixtures, Reference};
+use vlm_tests::{family_media, fixtures, Reference};
+
+fn qwen_media(prepared: &Prepared) -> Result<&QwenMedia> {
+    family_media(prepared)
+}
 
 fn load(name: &str, options: &LoadOptions) -> Result<Vlm> {
     Ok(Vlm::load(
@@ -64,7 +71,7 @@ fn image_below_min_pixels_is_upsized_as_the_reference_does() -> Result<()> {
     let vlm = load("qwen2-vl-tiny", &LoadOptions::default())?;
     let tiny = RgbImage::from_pixel(3, 2, image::Rgb([10, 200, 10]));
     let prepared = vlm.prepare(&Request::new("What is this?", vec![tiny]))?;
-    let grid = prepared.image_grids[0];
+    let grid = qwen_media(&prepared)?.image_grids[0];
     assert!(grid[1] * grid[2] * 14 * 14 >= 56 * 56, "grid {grid:?}");
     assert_eq!(count(&prepared.input_ids, 409), grid[1] * grid[2] / 4);
     vlm.prompt_logits(&prepared)?;
@@ -113,13 +120,17 @@ fn grid_and_placeholder_mismatch_is_caught_before_the_merge() -> Result<()> {
     assert!(e.contains("placeholder") && e.contains("needs"), "{e}");
     // A grid that is not a multiple of the merge size.
     let mut bad = good.clone();
-    bad.image_grids = vec![[1, 3, 4]];
+    let mut media = qwen_media(&good)?.clone();
+    media.image_grids = vec![[1, 3, 4]];
+    bad.media = Arc::new(media);
     let e = err_text(vlm.prompt_logits(&bad));
     assert!(e.contains("3") && e.contains("merge"), "{e}");
     // Pixel rows that do not cover the grid.
-    let mut bad: Prepared = good;
-    let px = bad.pixel_values.take().unwrap();
-    bad.pixel_values = Some(px.narrow(0, 0, 8)?);
+    let mut bad: Prepared = good.clone();
+    let mut media = qwen_media(&good)?.clone();
+    let px = media.pixel_values.take().unwrap();
+    media.pixel_values = Some(px.narrow(0, 0, 8)?);
+    bad.media = Arc::new(media);
     let e = err_text(vlm.prompt_logits(&bad));
     assert!(e.contains("16") && e.contains("8"), "{e}");
     Ok(())
@@ -143,7 +154,10 @@ fn videos_are_refused_by_image_only_models() -> Result<()> {
 fn pixel_budget_bounds_the_image_tokens() -> Result<()> {
     let max = 28 * 28 * 4;
     let options = LoadOptions {
-        max_pixels: Some(max),
+        media: MediaOptions {
+            max_pixels: Some(max),
+            ..MediaOptions::default()
+        },
         ..LoadOptions::default()
     };
     let vlm = load("qwen2-vl-tiny", &options)?;
@@ -156,8 +170,11 @@ fn pixel_budget_bounds_the_image_tokens() -> Result<()> {
     );
     // min > max is refused when loading.
     let options = LoadOptions {
-        min_pixels: Some(max + 1),
-        max_pixels: Some(max),
+        media: MediaOptions {
+            min_pixels: Some(max + 1),
+            max_pixels: Some(max),
+            ..MediaOptions::default()
+        },
         ..LoadOptions::default()
     };
     let e = match Vlm::load(
@@ -216,18 +233,21 @@ fn gif_videos_and_frame_sampling_reach_the_model() -> Result<()> {
         video.fps
     );
     let prepared = vlm.prepare(&Request::with_videos("What happens?", vec![], vec![video]))?;
-    assert_eq!(prepared.video_grids[0][0], frames.div_ceil(2));
+    assert_eq!(qwen_media(&prepared)?.video_grids[0][0], frames.div_ceil(2));
     vlm.prompt_logits(&prepared)?;
 
     // Two frames of four: one temporal patch.
     let options = LoadOptions {
-        video_sampling: Some(vlm::FrameSampling::NumFrames(2)),
+        media: MediaOptions {
+            video_sampling: Some(vlm::FrameSampling::NumFrames(2)),
+            ..MediaOptions::default()
+        },
         ..LoadOptions::default()
     };
     let vlm = load("qwen2-vl-tiny", &options)?;
     let video = Video::new(frames_of(&vlm, "pan_coffee", 4)?, Some(3.0))?;
     let prepared = vlm.prepare(&Request::with_videos("What happens?", vec![], vec![video]))?;
-    assert_eq!(prepared.video_grids[0][0], 1);
+    assert_eq!(qwen_media(&prepared)?.video_grids[0][0], 1);
     Ok(())
 }
 
@@ -235,8 +255,11 @@ fn gif_videos_and_frame_sampling_reach_the_model() -> Result<()> {
 fn video_token_budget_caps_each_frame() -> Result<()> {
     let video_tokens = |budget: Option<u64>| -> Result<usize> {
         let options = LoadOptions {
-            max_video_tokens: budget,
-            video_min_pixels: Some(28 * 28),
+            media: MediaOptions {
+                max_video_tokens: budget,
+                video_min_pixels: Some(28 * 28),
+                ..MediaOptions::default()
+            },
             ..LoadOptions::default()
         };
         let vlm = load("qwen2-vl-tiny", &options)?;

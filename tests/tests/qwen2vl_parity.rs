@@ -10,7 +10,11 @@
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use vlm::{LoadOptions, ModelSource, Vlm};
-use vlm_tests::{check_logits_and_greedy, cosine, fixtures, max_abs_diff, request, Reference};
+use vlm_core::models::{Qwen2Vl, QwenMedia};
+use vlm_tests::{
+    check_logits_and_greedy, cosine, family_media, family_model, fixtures, max_abs_diff, request,
+    Reference,
+};
 
 const PIXEL_TOL: f32 = 1e-5;
 const FEATURE_TOL: f32 = 1e-4;
@@ -42,9 +46,7 @@ fn check_model(name: &str) -> Result<()> {
     let reference = Reference::load(name)?;
     let cases = reference.cases();
     assert!(cases.len() >= 5, "{name}: too few reference cases");
-    let vlm::Model::Qwen2Vl(model) = vlm.model() else {
-        anyhow::bail!("{name} should load as Qwen2-VL");
-    };
+    let model: &Qwen2Vl = family_model(&vlm)?;
     for (i, case) in cases.iter().enumerate() {
         let n = i + 1;
         let what = format!("{name} case {n} ({})", case["description"]);
@@ -60,7 +62,8 @@ fn check_model(name: &str) -> Result<()> {
             "{what}: input ids"
         );
 
-        if let Some(px) = &prepared.pixel_values {
+        let media: &QwenMedia = family_media(&prepared)?;
+        if let Some(px) = &media.pixel_values {
             check_close(
                 &format!("{what}: pixel values"),
                 px,
@@ -68,13 +71,13 @@ fn check_model(name: &str) -> Result<()> {
                 PIXEL_TOL,
             )?;
             assert_eq!(
-                prepared.image_grids,
+                media.image_grids,
                 grids(&reference, n, "image_grid_thw")?,
                 "{what}: image grids"
             );
             let (hidden, merged) = model
                 .vision_tower()
-                .forward_with_hidden(px, &prepared.image_grids)?;
+                .forward_with_hidden(px, &media.image_grids)?;
             check_close(
                 &format!("{what}: image tower hidden"),
                 &hidden,
@@ -93,7 +96,7 @@ fn check_model(name: &str) -> Result<()> {
                 "{what}: images expected"
             );
         }
-        if let Some(px) = &prepared.video_pixel_values {
+        if let Some(px) = &media.video_pixel_values {
             check_close(
                 &format!("{what}: video pixel values"),
                 px,
@@ -101,13 +104,13 @@ fn check_model(name: &str) -> Result<()> {
                 PIXEL_TOL,
             )?;
             assert_eq!(
-                prepared.video_grids,
+                media.video_grids,
                 grids(&reference, n, "video_grid_thw")?,
                 "{what}: video grids"
             );
             if let Ok(secs) = reference.tensor(n, "second_per_grid_ts") {
                 let want = secs.to_vec1::<f32>()?;
-                let got: Vec<f32> = prepared
+                let got: Vec<f32> = media
                     .video_seconds_per_grid
                     .iter()
                     .map(|s| s.unwrap_or(f32::NAN))
@@ -116,7 +119,7 @@ fn check_model(name: &str) -> Result<()> {
             }
             let (hidden, merged) = model
                 .vision_tower()
-                .forward_with_hidden(px, &prepared.video_grids)?;
+                .forward_with_hidden(px, &media.video_grids)?;
             check_close(
                 &format!("{what}: video tower hidden"),
                 &hidden,
@@ -138,9 +141,9 @@ fn check_model(name: &str) -> Result<()> {
 
         let positions = model.rope_index(
             &prepared.input_ids,
-            &prepared.image_grids,
-            &prepared.video_grids,
-            &prepared.video_seconds_per_grid,
+            &media.image_grids,
+            &media.video_grids,
+            &media.video_seconds_per_grid,
         )?;
         let want = reference
             .tensor(n, "position_ids")?

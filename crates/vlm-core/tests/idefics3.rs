@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::Value;
-use vlm_core::models::{Idefics3, Idefics3Config};
+use vlm_core::models::{Idefics3, Idefics3Config, VisionLanguageModel};
 use vlm_core::vision::idefics3::{arange_boundaries, bucket_coords};
 use vlm_core::Error;
 

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
 use serde_json::Value;
-use vlm_core::models::{AnyresVariant, LlavaNext, LlavaNextConfig, LlavaOnevisionConfig};
+use vlm_core::models::{
+    AnyresVariant, LlavaNext, LlavaNextConfig, LlavaOnevisionConfig, VisionLanguageModel,
+};
 use vlm_core::Error;
 
 type TestResult<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;

@@ -121,10 +121,11 @@ impl<'a> Generator<'a> {
     }
 
     fn last_logits(&self, hidden: &Tensor) -> Result<Vec<f32>> {
-        let decoder = self.vlm.model().decoder();
         let s = hidden.dim(1)?;
         let last = hidden.narrow(1, s - 1, 1)?;
-        Ok(decoder
+        Ok(self
+            .vlm
+            .model()
             .logits(&last)?
             .flatten_all()?
             .to_dtype(DType::F32)?
@@ -138,25 +139,24 @@ impl<'a> Generator<'a> {
     ) -> Result<Generation> {
         let vlm = self.vlm;
         let params = self.params;
-        let device = vlm.device();
-        let decoder = vlm.model().decoder();
-        let context = decoder.config().max_position_embeddings;
+        let model = vlm.model();
+        let device = model.device();
         let mut timings = Timings {
             load: vlm.load_ms(),
             ..Timings::default()
         };
 
         let t = Instant::now();
-        // Positions first: for Qwen2-VL they check placeholder runs before the vision tower.
-        let positions = vlm.model().prompt_positions(prepared)?;
+        // The sequence first: a family may check placeholders against its media there, before
+        // the vision tower runs.
+        let mut sequence = vlm.new_sequence(prepared)?;
         let embeds = vlm.embed(prepared)?;
         device.synchronize()?;
         timings.vision = ms(t);
 
         let t = Instant::now();
-        let mut cache = decoder.new_cache();
         let n_prompt = prepared.input_ids.len();
-        let hidden = vlm.prefill(&positions, &embeds, &mut cache)?;
+        let hidden = model.prefill(sequence.as_mut(), &embeds)?;
         let logits = self.last_logits(&hidden)?;
         timings.prefill = ms(t);
 
@@ -165,14 +165,11 @@ impl<'a> Generator<'a> {
             vlm.tokenizer(),
             vlm.eos_token_ids(),
             &prepared.input_ids,
-            context,
+            model.context_length(),
             logits,
             params,
-            |token, pos| {
-                let ids = Tensor::new(&[[token]], device)?;
-                let emb = decoder.embed(&ids)?;
-                let step = positions.step_tensor(pos, device)?;
-                let hidden = decoder.forward_embeds(&emb, &step, &mut cache)?;
+            |token, _position| {
+                let hidden = model.step(sequence.as_mut(), token)?;
                 self.last_logits(&hidden)
             },
             &mut on_token,

@@ -24,7 +24,9 @@
 //! - The crates below do one thing each: `vlm-preprocess` (image decoding and the exact
 //!   Pillow-based preprocessing of the reference processors), `vlm-prompt` (tokenizer, chat
 //!   templates, image-marker expansion), `vlm-core` (tensor code, no I/O). This crate loads files,
-//!   picks the architecture from `config.json` in one `match`, and runs generation.
+//!   picks the model family from `config.json`'s `model_type` in one registry, and runs
+//!   generation through the family interface (`VisionLanguageModel` for the model, a media
+//!   processor per family), never asking which family it holds.
 //! - [`Vlm`] is stateless between calls: each generation owns its KV cache, so one loaded model
 //!   can serve many conversations.
 //! - Both checkpoint key layouts (published `language_model.model.*` and transformers 5's
@@ -32,11 +34,11 @@
 #![deny(missing_docs)]
 
 mod error;
+mod families;
 mod generate;
 pub mod gguf;
 pub mod manifest;
-mod media;
-mod model;
+mod options;
 mod pipeline;
 mod sampling;
 mod source;
@@ -44,11 +46,13 @@ mod weights;
 
 pub use candle_core::{DType, Device};
 pub use error::{Error, Result};
+pub use families::supported_model_types;
 pub use generate::{FinishReason, GenerateParams, Generation, Timings, TokenEvent, TokenLogprob};
-pub use model::{Model, SUPPORTED_MODEL_TYPES};
-pub use pipeline::{LoadOptions, Prepared, Request, Vlm};
+pub use options::{LoadOptions, MediaOption, MediaOptions};
+pub use pipeline::{Prepared, Request, Vlm};
 pub use sampling::SamplingParams;
 pub use source::ModelSource;
+pub use vlm_core::models::{MediaInputs, SequenceState, VisionLanguageModel};
 pub use vlm_core::nn::Quantization;
 pub use vlm_preprocess::qwen2vl::FrameSampling;
 pub use vlm_preprocess::{image::RgbImage, DecodeLimits, Video};

@@ -67,73 +67,25 @@ fn read_keys(files: &[PathBuf]) -> Result<BTreeSet<String>> {
     Ok(keys)
 }
 
-/// One layout rule: a canonical key prefix and the prefixes it may be stored under.
+/// One layout rule: a canonical key prefix and the prefixes it may be stored under (each
+/// family lists its own, see `families`).
 pub(crate) struct PrefixRule {
     canonical: &'static str,
     stored: &'static [&'static str],
 }
 
-/// Canonical (transformers 5) prefixes of a LLaVA checkpoint and the published-checkpoint
-/// prefixes transformers' own conversion mapping accepts for them.
-pub(crate) const LLAVA_RULES: &[PrefixRule] = &[
-    PrefixRule {
-        canonical: "model.language_model.",
-        stored: &["language_model.model."],
-    },
-    PrefixRule {
-        canonical: "lm_head.",
-        stored: &["language_model.lm_head."],
-    },
-    PrefixRule {
-        canonical: "model.vision_tower.",
-        stored: &["vision_tower.vision_model.", "vision_tower."],
-    },
-    PrefixRule {
-        canonical: "model.multi_modal_projector.",
-        stored: &["multi_modal_projector."],
-    },
-];
-
-/// LLaVA-NeXT / OneVision: the LLaVA layout plus the top-level `image_newline` parameter.
-pub(crate) const LLAVA_NEXT_RULES: &[PrefixRule] = &[
-    PrefixRule {
-        canonical: "model.language_model.",
-        stored: &["language_model.model."],
-    },
-    PrefixRule {
-        canonical: "lm_head.",
-        stored: &["language_model.lm_head."],
-    },
-    PrefixRule {
-        canonical: "model.vision_tower.",
-        stored: &["vision_tower.vision_model.", "vision_tower."],
-    },
-    PrefixRule {
-        canonical: "model.multi_modal_projector.",
-        stored: &["multi_modal_projector."],
-    },
-    PrefixRule {
-        canonical: "model.image_newline",
-        stored: &["image_newline"],
-    },
-];
-
-/// Canonical prefixes of a Qwen2-VL / Qwen2.5-VL checkpoint and the published layout
-/// (`visual.*`, `model.*`), as in transformers' conversion mapping for `qwen2_vl`.
-pub(crate) const QWEN2_VL_RULES: &[PrefixRule] = &[
-    PrefixRule {
-        canonical: "model.visual.",
-        stored: &["visual."],
-    },
-    PrefixRule {
-        canonical: "model.language_model.",
-        stored: &["model."],
-    },
-];
+impl PrefixRule {
+    pub(crate) const fn new(canonical: &'static str, stored: &'static [&'static str]) -> Self {
+        Self { canonical, stored }
+    }
+}
 
 /// Maps each canonical key to the key actually present in the files. Keys already canonical are
 /// kept; keys absent in every layout are left as-is so the loader reports the canonical name.
-fn canonical_to_stored(keys: &BTreeSet<String>, rules: &[PrefixRule]) -> HashMap<String, String> {
+pub(crate) fn canonical_to_stored(
+    keys: &BTreeSet<String>,
+    rules: &[PrefixRule],
+) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for key in keys {
         for rule in rules {
@@ -330,62 +282,5 @@ impl SimpleBackend for FileTensors {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.entries.contains_key(name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn published_layout_maps_to_canonical() {
-        let keys: BTreeSet<String> = [
-            "language_model.model.embed_tokens.weight",
-            "language_model.lm_head.weight",
-            "vision_tower.vision_model.embeddings.class_embedding",
-            "multi_modal_projector.linear_1.weight",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        let m = canonical_to_stored(&keys, LLAVA_RULES);
-        assert_eq!(
-            m.get("model.language_model.embed_tokens.weight")
-                .map(String::as_str),
-            Some("language_model.model.embed_tokens.weight")
-        );
-        assert_eq!(
-            m.get("lm_head.weight").map(String::as_str),
-            Some("language_model.lm_head.weight")
-        );
-        assert_eq!(
-            m.get("model.vision_tower.embeddings.class_embedding")
-                .map(String::as_str),
-            Some("vision_tower.vision_model.embeddings.class_embedding")
-        );
-        assert_eq!(
-            m.get("model.multi_modal_projector.linear_1.weight")
-                .map(String::as_str),
-            Some("multi_modal_projector.linear_1.weight")
-        );
-    }
-
-    #[test]
-    fn qwen2_vl_published_layout_maps_to_canonical() {
-        let keys: BTreeSet<String> = ["visual.blocks.0.attn.qkv.weight", "model.norm.weight"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let m = canonical_to_stored(&keys, QWEN2_VL_RULES);
-        assert_eq!(
-            m.get("model.visual.blocks.0.attn.qkv.weight")
-                .map(String::as_str),
-            Some("visual.blocks.0.attn.qkv.weight")
-        );
-        assert_eq!(
-            m.get("model.language_model.norm.weight")
-                .map(String::as_str),
-            Some("model.norm.weight")
-        );
     }
 }

@@ -20,6 +20,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::interface::{media_of, MediaInputs, VisionLanguageModel};
 use crate::nn::{Linear, Quantization};
 use crate::text::{Decoder, TextConfig};
 use crate::vision::idefics3::patch_attention_mask;
@@ -216,16 +217,6 @@ impl Idefics3 {
         })
     }
 
-    /// The language model.
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
-
-    /// The language model, mutably (e.g. to quantize it).
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
     /// The vision tower.
     pub fn vision_model(&self) -> &Idefics3VisionTransformer {
         &self.vision
@@ -234,11 +225,6 @@ impl Idefics3 {
     /// The connector.
     pub fn connector(&self) -> &Idefics3Connector {
         &self.connector
-    }
-
-    /// Id of the `<image>` placeholder token.
-    pub fn image_token_id(&self) -> u32 {
-        self.image_token_id
     }
 
     /// Placeholder tokens (and feature rows) per tile of `image_size` pixels.
@@ -346,6 +332,49 @@ impl Idefics3 {
             None => Tensor::zeros((0, embeds.dim(2)?), embeds.dtype(), device)?,
         };
         super::merge_image_features(ids, self.image_token_id, &embeds, &features)
+    }
+}
+
+/// The images of one Idefics3 prompt, as its processor prepares them.
+#[derive(Debug, Clone, Default)]
+pub struct Idefics3Images {
+    /// Every tile of every image (global view last), `(tiles, 3, h, w)`; `None` without images.
+    pub pixel_values: Option<Tensor>,
+    /// Which pixels of each tile are image, `(tiles, h, w)` (u8, 1 = image).
+    pub pixel_attention_mask: Option<Tensor>,
+    /// The `(rows, cols)` tile grid of each image (`(0, 0)`: not split).
+    pub tile_grids: Vec<(usize, usize)>,
+}
+
+impl MediaInputs for Idefics3Images {}
+
+impl VisionLanguageModel for Idefics3 {
+    fn architecture(&self) -> &'static str {
+        "idefics3"
+    }
+
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    fn embed(&self, ids: &[u32], media: &dyn MediaInputs) -> Result<Tensor> {
+        let images: &Idefics3Images = media_of(media, self.architecture())?;
+        let features = match &images.pixel_values {
+            Some(px) => Some(self.image_features(
+                &px.to_dtype(self.decoder.dtype())?,
+                images.pixel_attention_mask.as_ref(),
+            )?),
+            None => None,
+        };
+        self.embed_with_images(ids, features.as_ref())
     }
 }
 

@@ -9,6 +9,7 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::interface::{media_of, MediaInputs, VisionLanguageModel};
 use crate::nn::{Activation, Quantization};
 use crate::projector::LlavaProjector;
 use crate::text::{Decoder, TextConfig};
@@ -199,21 +200,6 @@ impl Llava {
         })
     }
 
-    /// The language model.
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
-
-    /// The language model, mutably (e.g. to quantize it).
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
-    /// Id of the image placeholder token.
-    pub fn image_token_id(&self) -> u32 {
-        self.image_token_id
-    }
-
     /// How many placeholder tokens (and feature rows) one image takes.
     pub fn tokens_per_image(&self) -> usize {
         self.tokens_per_image
@@ -253,5 +239,41 @@ impl Llava {
             None => Tensor::zeros((0, embeds.dim(2)?), embeds.dtype(), device)?,
         };
         super::merge_image_features(ids, self.image_token_id, &embeds, &features)
+    }
+}
+
+/// The images of one LLaVA prompt, as its processor prepares them.
+#[derive(Debug, Clone, Default)]
+pub struct LlavaImages {
+    /// `(n_images, 3, h, w)` pixels, or `None` without images.
+    pub pixel_values: Option<Tensor>,
+}
+
+impl MediaInputs for LlavaImages {}
+
+impl VisionLanguageModel for Llava {
+    fn architecture(&self) -> &'static str {
+        "llava"
+    }
+
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    fn embed(&self, ids: &[u32], media: &dyn MediaInputs) -> Result<Tensor> {
+        let images: &LlavaImages = media_of(media, self.architecture())?;
+        let features = match &images.pixel_values {
+            Some(px) => Some(self.image_features(&px.to_dtype(self.decoder.dtype())?)?),
+            None => None,
+        };
+        self.embed_with_images(ids, features.as_ref())
     }
 }

@@ -2,6 +2,8 @@
 
 mod config;
 mod decoder;
+mod sequence;
 
 pub use config::{DecoderConfig, TextConfig};
 pub use decoder::{Decoder, QuantizeReport};
+pub use sequence::{DecoderSequence, RopePositions};

@@ -51,6 +51,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use self::geometry::{bilinear_resize, Geometry};
+use super::interface::{media_of, MediaInputs, VisionLanguageModel};
 use super::llava::{select_vision_features, FeatureLayer, FeatureSelect};
 use crate::nn::{Activation, Quantization};
 use crate::projector::LlavaProjector;
@@ -186,21 +187,6 @@ impl LlavaNext {
             geometry,
             variant,
         })
-    }
-
-    /// The language model.
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
-
-    /// The language model, mutably (e.g. to quantize it).
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
-    /// Id of the image placeholder token.
-    pub fn image_token_id(&self) -> u32 {
-        self.image_token_id
     }
 
     /// LLaVA-NeXT or LLaVA-OneVision.
@@ -395,5 +381,58 @@ impl LlavaNext {
             None => Tensor::zeros((0, embeds.dim(2)?), embeds.dtype(), device)?,
         };
         super::merge_image_features(ids, self.image_token_id, &embeds, &features)
+    }
+}
+
+/// The images of one LLaVA-NeXT / OneVision prompt, as its processor prepares them.
+#[derive(Debug, Clone, Default)]
+pub struct AnyresImages {
+    /// The views (base view, then tiles) of every image, `(views, 3, S, S)`; `None` without
+    /// images.
+    pub pixel_values: Option<Tensor>,
+    /// How many of those views belong to each image, in order.
+    pub views_per_image: Vec<usize>,
+    /// Each image's original `(height, width)`.
+    pub image_sizes: Vec<(usize, usize)>,
+}
+
+impl MediaInputs for AnyresImages {}
+
+impl VisionLanguageModel for LlavaNext {
+    fn architecture(&self) -> &'static str {
+        match self.variant {
+            AnyresVariant::Next => "llava_next",
+            AnyresVariant::Onevision => "llava_onevision",
+        }
+    }
+
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn image_token_id(&self) -> u32 {
+        self.image_token_id
+    }
+
+    fn embed(&self, ids: &[u32], media: &dyn MediaInputs) -> Result<Tensor> {
+        let images: &AnyresImages = media_of(media, self.architecture())?;
+        let features = match &images.pixel_values {
+            Some(px) => {
+                let px = px.to_dtype(self.decoder.dtype())?;
+                let mut per_image = Vec::with_capacity(images.views_per_image.len());
+                let mut start = 0;
+                for &views in &images.views_per_image {
+                    per_image.push(px.narrow(0, start, views)?);
+                    start += views;
+                }
+                Some(self.image_features(&per_image, &images.image_sizes)?)
+            }
+            None => None,
+        };
+        self.embed_with_images(ids, features.as_ref())
     }
 }

@@ -18,8 +18,9 @@ use serde_json::Value;
 
 pub use rope_index::{rope_index, MediaKind, MropePositions, RopeIndexInputs, TemporalSpacing};
 
+use super::interface::{media_of, MediaInputs, SequenceState, VisionLanguageModel};
 use crate::nn::Quantization;
-use crate::text::{Decoder, DecoderConfig, TextConfig};
+use crate::text::{Decoder, DecoderConfig, DecoderSequence, RopePositions, TextConfig};
 use crate::vision::{Qwen25VlVisionConfig, Qwen2VlVisionConfig, QwenVisionConfig, QwenVisionTower};
 use crate::{Error, Result};
 
@@ -183,16 +184,6 @@ impl Qwen2Vl {
         &self.cfg
     }
 
-    /// The language model.
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
-
-    /// The language model, mutably (e.g. to quantize it).
-    pub fn decoder_mut(&mut self) -> &mut Decoder {
-        &mut self.decoder
-    }
-
     /// The vision tower (with its merger).
     pub fn vision_tower(&self) -> &QwenVisionTower {
         &self.visual
@@ -258,5 +249,81 @@ impl Qwen2Vl {
             embeds = super::merge_image_features(ids, token, &embeds, &features)?;
         }
         Ok(embeds)
+    }
+}
+
+/// The images and videos of one Qwen2-VL / Qwen2.5-VL prompt, as its processors prepare them.
+#[derive(Debug, Clone, Default)]
+pub struct QwenMedia {
+    /// Flattened patches `(patches, 3 * t * p * p)` of all images, or `None`.
+    pub pixel_values: Option<Tensor>,
+    /// The `(t, h, w)` patch grid of each image.
+    pub image_grids: Vec<[usize; 3]>,
+    /// Flattened patches of all videos, or `None`.
+    pub video_pixel_values: Option<Tensor>,
+    /// The `(t, h, w)` patch grid of each video.
+    pub video_grids: Vec<[usize; 3]>,
+    /// Seconds per temporal patch of each video (`temporal_patch_size / fps`; Qwen2.5-VL
+    /// spaces video positions by it).
+    pub video_seconds_per_grid: Vec<Option<f32>>,
+}
+
+impl MediaInputs for QwenMedia {}
+
+impl VisionLanguageModel for Qwen2Vl {
+    fn architecture(&self) -> &'static str {
+        match self.cfg.version {
+            QwenVlVersion::Qwen2Vl => "qwen2_vl",
+            QwenVlVersion::Qwen25Vl => "qwen2_5_vl",
+        }
+    }
+
+    fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn image_token_id(&self) -> u32 {
+        self.cfg.image_token_id
+    }
+
+    fn video_token_id(&self) -> Option<u32> {
+        Some(self.cfg.video_token_id)
+    }
+
+    fn embed(&self, ids: &[u32], media: &dyn MediaInputs) -> Result<Tensor> {
+        let media: &QwenMedia = media_of(media, self.architecture())?;
+        let dtype = self.decoder.dtype();
+        let features = |px: &Option<Tensor>, grids: &[[usize; 3]]| -> Result<Option<Tensor>> {
+            match px {
+                Some(px) => Ok(Some(self.vision_features(&px.to_dtype(dtype)?, grids)?)),
+                None => Ok(None),
+            }
+        };
+        let images = features(&media.pixel_values, &media.image_grids)?;
+        let videos = features(&media.video_pixel_values, &media.video_grids)?;
+        self.embed_with_media(ids, images.as_ref(), videos.as_ref())
+    }
+
+    /// The 3-D positions of the prompt, which also checks every placeholder run against its
+    /// grid before the vision tower runs.
+    fn new_sequence(&self, ids: &[u32], media: &dyn MediaInputs) -> Result<Box<dyn SequenceState>> {
+        let media: &QwenMedia = media_of(media, self.architecture())?;
+        let positions = self.rope_index(
+            ids,
+            &media.image_grids,
+            &media.video_grids,
+            &media.video_seconds_per_grid,
+        )?;
+        Ok(Box::new(DecoderSequence::new(
+            &self.decoder,
+            RopePositions::Multimodal {
+                axes: positions.axes,
+                delta: positions.delta,
+            },
+        )))
     }
 }
