@@ -363,20 +363,49 @@ fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) 
 }
 
 /// Whether `rows` activation rows (a prefill: more than the decode kernels take) against these
-/// quantized weights run as an f32 GEMM on weights decoded panel by panel. candle's fast x86
-/// quantized GEMM (weights repacked for VNNI/AMX) needs widths that are multiples of 256; for
-/// other Q8_0 widths (SmolLM2's 576) it falls back to a dot product per row pair. Measured with
-/// `benches/benches/ops.rs` (ms, 2 threads), f32 packed / candle Q8_0 / decoded Q8_0:
-/// 1262x576x960 5.7 / 54.9 / 6.1, 1262x576x3072 14.8-16.3 / 156 / 15.8. On the 256 grid candle's
-/// int8 kernels beat any f32 product (412x1536x8960: 38.8 / 24.5 / 50.7), and at SmolLM2's
-/// down projection (1262x1536x576) the two are within the noise (9.5-11.6 both ways), so
-/// those stay with candle. The decoded product is also the more exact one (no 8-bit
-/// activations).
+/// quantized weights run as an f32 GEMM on weights decoded panel by panel, because candle has
+/// no int8 GEMM for them. candle's fast x86 Q8_0 GEMM (weights repacked in tiles of 16 output
+/// rows) needs widths that are multiples of 256 and a VNNI dot-product instruction
+/// (AVX512-VNNI or AVX-VNNI); anywhere else it falls back to one dot product per row pair,
+/// 5x slower than the f32 GEMM. Measured with `benches/benches/ops.rs` (ms, 2 threads),
+/// f32 / candle Q8_0 / decoded Q8_0:
+/// - AVX-512 + VNNI: 1262x576x960 5.7 / 54.9 / 6.1, 1262x576x3072 14.8-16.3 / 156 / 15.8
+///   (off the grid); 412x1536x8960 38.8 / 24.5 / 50.7 and 1262x1536x576 9.5-11.6 both ways
+///   (on the grid, where candle's int8 kernels win or tie);
+/// - AVX2 without VNNI (AMD Zen 3): 412x1536x8960 100.6 / 550.1 / -, 1262x1536x576
+///   19.7 / 97.5 / - (on the grid, no int8 kernel).
+///
+/// Q4_K needs no such rule: candle's repacked Q4_K GEMM runs on plain AVX2 too (412x1536x8960
+/// 70.5 ms there) and its widths are on the grid by construction. The decoded product is also
+/// the more exact one (no 8-bit activations).
 fn prefill_dequantized(kind: Quantization, w: &QTensor, rows: usize) -> bool {
+    let Ok((n, k)) = w.shape().dims2() else {
+        return false;
+    };
     rows > super::gemv::MAX_ROWS
         && kind == Quantization::Q8_0
         && matches!(w.device(), candle_core::Device::Cpu)
-        && w.shape().dims().last().is_some_and(|k| k % 256 != 0)
+        && !candle_has_q8_0_gemm(n, k)
+}
+
+/// Whether candle's CPU matmul multiplies a Q8_0 `(n, k)` weight with an int8 GEMM (rather
+/// than a dot product per row pair). On x86 this follows `candle-core`'s `repack_x86::select`.
+fn candle_has_q8_0_gemm(n: usize, k: usize) -> bool {
+    let on_grid = k > 0 && k % 256 == 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let vnni = *VNNI.get_or_init(|| {
+            (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+                || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"))
+        });
+        on_grid && n % 16 == 0 && vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = n;
+        on_grid
+    }
 }
 
 /// `x W^T (+ bias)` for a Q8_0 `W`, decoded to f32 a panel group at a time by our packed
@@ -509,6 +538,30 @@ mod tests {
     }
 
     #[test]
+    fn q8_0_prefill_on_the_256_grid_takes_candles_int8_gemm_only_where_it_has_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let (out, inp) = (48, 512);
+        let w = (Tensor::randn(0f32, 1.0, (out, inp), &dev)? / (inp as f64).sqrt())?;
+        let q = Linear::from_weights(w.clone(), None).quantized(Quantization::Q8_0)?;
+        let Weight::Quantized { blocks, .. } = &q.weight else {
+            panic!("{inp} is a multiple of 32: Q8_0 applies");
+        };
+        let int8 = candle_has_q8_0_gemm(out, inp);
+        assert_eq!(prefill_dequantized(Quantization::Q8_0, blocks, 7), !int8);
+        let x = Tensor::randn(0f32, 1.0, (7, inp), &dev)?;
+        let got = q.forward(&x)?;
+        let exact = x.matmul(&blocks.dequantize(&dev)?.t()?)?;
+        let err = relative_error(&got, &exact)?;
+        // candle's int8 GEMM also rounds the activations to 8 bits; the decoded product does not.
+        let bound = if int8 { 1e-2 } else { 1e-6 };
+        assert!(
+            err < bound,
+            "int8 GEMM {int8}: {err} vs the dequantized product"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn q8_0_prefill_off_the_256_grid_is_the_dequantized_product() -> Result<()> {
         let dev = Device::Cpu;
         // The second weight spans two blocks of dequantized rows (WIDEN_BLOCK_ROWS).
@@ -519,6 +572,10 @@ mod tests {
                 panic!("{inp} is a multiple of 32: Q8_0 applies");
             };
             assert!(prefill_dequantized(Quantization::Q8_0, blocks, 7));
+            assert!(
+                !candle_has_q8_0_gemm(out, inp),
+                "{out}x{inp} is off the 256 grid"
+            );
             // Decode steps never dequantize the whole weight.
             assert!(!prefill_dequantized(Quantization::Q8_0, blocks, 1));
             let x = Tensor::randn(0f32, 1.0, (7, inp), &dev)?;
