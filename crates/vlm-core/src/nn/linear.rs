@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, Tensor};
 
@@ -438,21 +440,12 @@ fn dequantized_matmul(x: &Tensor, w: &QTensor, bias: Option<&Tensor>) -> Result<
         })?;
         Tensor::from_vec(y, (m, n), &Device::Cpu)?
     } else {
-        let y = widened_matmul(&xf, n, |start, count| {
-            let mut block = vec![0f32; count * k];
-            let mut values = [0f32; sgemm::ROW_CHUNK];
-            for (i, row) in block.chunks_exact_mut(k).enumerate() {
-                for (c, dst) in row.chunks_exact_mut(sgemm::ROW_CHUNK).enumerate() {
-                    sgemm::WeightRows::row_chunk(
-                        &rows,
-                        start + i,
-                        c * sgemm::ROW_CHUNK,
-                        &mut values,
-                    );
-                    dst.copy_from_slice(&values);
-                }
-            }
-            Tensor::from_vec(block, (count, k), &Device::Cpu)
+        let y = widened_matmul(&xf, n, |start, block| {
+            block
+                .par_chunks_exact_mut(k)
+                .enumerate()
+                .for_each(|(i, row)| rows.decode_row(start + i, row));
+            Ok(())
         })?;
         match bias {
             Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
@@ -462,27 +455,31 @@ fn dequantized_matmul(x: &Tensor, w: &QTensor, bias: Option<&Tensor>) -> Result<
     y.to_dtype(x.dtype())
 }
 
-/// `x W^T` in f32 with `W` `(out, in)` produced [`WIDEN_BLOCK_ROWS`] rows at a time by
-/// `rows(start, n)` as f32, rounded back to `x`'s dtype at the end.
+/// `x W^T` in f32 with `W` `(out, in)` widened [`WIDEN_BLOCK_ROWS`] rows at a time by
+/// `widen(start, block)` (which fills `block` with the rows from `start` on, row-major) into
+/// one reused buffer, each block's product written in place into the output's columns by the
+/// `gemm` crate (candle's own GEMM), rounded back to `x`'s dtype at the end.
 fn widened_matmul(
     x: &Tensor,
     out: usize,
-    rows: impl Fn(usize, usize) -> Result<Tensor>,
+    widen: impl Fn(usize, &mut [f32]) -> Result<()>,
 ) -> Result<Tensor> {
-    let xf = x.to_dtype(DType::F32)?;
-    let mut blocks = Vec::with_capacity(out.div_ceil(WIDEN_BLOCK_ROWS));
-    let mut start = 0;
-    while start < out {
-        let n = WIDEN_BLOCK_ROWS.min(out - start);
-        blocks.push(xf.matmul(&rows(start, n)?.t()?)?);
-        start += n;
-    }
-    let y = if blocks.len() == 1 {
-        blocks.remove(0)
-    } else {
-        Tensor::cat(&blocks, 1)?
-    };
-    y.to_dtype(x.dtype())
+    let xf = x.to_dtype(DType::F32)?.contiguous()?;
+    let (m, k) = xf.dims2()?;
+    let mut y = vec![0f32; m * out];
+    let mut block = vec![0f32; WIDEN_BLOCK_ROWS.min(out) * k];
+    with_cpu_f32(&xf, "inputs", |xs| {
+        let mut start = 0;
+        while start < out {
+            let n = WIDEN_BLOCK_ROWS.min(out - start);
+            let block = &mut block[..n * k];
+            widen(start, block)?;
+            sgemm::matmul_t_into_columns(xs, m, block, n, &mut y, start);
+            start += n;
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(y, (m, out), &Device::Cpu)?.to_dtype(x.dtype())
 }
 
 /// Output rows of a reduced-precision weight widened to f32 at a time: small enough that the
@@ -499,8 +496,13 @@ fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return Ok(y);
     }
     if super::gemv::widen_on_cpu(x.device(), x.dtype()) {
-        return widened_matmul(x, w.dim(0)?, |start, n| {
-            w.narrow(0, start, n)?.to_dtype(DType::F32)
+        let k = w.dim(1)?;
+        return widened_matmul(x, w.dim(0)?, |start, block| {
+            let rows = w.narrow(0, start, block.len() / k)?.to_dtype(DType::F32)?;
+            with_cpu_f32(&rows.contiguous()?, "weights", |values| {
+                block.copy_from_slice(&values);
+                Ok(())
+            })
         });
     }
     x.matmul(&w.t()?)

@@ -60,12 +60,29 @@ impl sgemm::WeightRows for QuantRows<'_> {
 
     fn row_chunk(&self, o: usize, k0: usize, values: &mut [f32; ROW_CHUNK]) {
         let row = &self.data[o * self.row_bytes..(o + 1) * self.row_bytes];
-        // Each value is its block's f16 scale times its `i8`.
-        let blk = &row[k0 / Q8_0_BLOCK * Q8_0_BYTES..][..Q8_0_BYTES];
-        let d = f16_at(blk, 0);
-        for (y, &q) in values.iter_mut().zip(&blk[2..]) {
-            *y = d * q as i8 as f32;
+        decode_block(&row[k0 / Q8_0_BLOCK * Q8_0_BYTES..][..Q8_0_BYTES], values);
+    }
+}
+
+impl QuantRows<'_> {
+    /// Writes the `in_features` values of output row `o` to `dst`.
+    pub(crate) fn decode_row(&self, o: usize, dst: &mut [f32]) {
+        let row = &self.data[o * self.row_bytes..(o + 1) * self.row_bytes];
+        for (blk, dst) in row
+            .chunks_exact(Q8_0_BYTES)
+            .zip(dst.chunks_exact_mut(Q8_0_BLOCK))
+        {
+            decode_block(blk, dst);
         }
+    }
+}
+
+/// Each value is its block's f16 scale times its `i8` (a loop the compiler vectorizes).
+#[inline(always)]
+fn decode_block(blk: &[u8], dst: &mut [f32]) {
+    let d = f16_at(blk, 0);
+    for (y, &q) in dst.iter_mut().zip(&blk[2..]) {
+        *y = d * q as i8 as f32;
     }
 }
 
@@ -93,6 +110,9 @@ mod tests {
                 rows.row_chunk(o, c * ROW_CHUNK, &mut got);
                 assert_eq!(&got, want, "row {o} chunk {c}");
             }
+            let mut whole = vec![0f32; 512];
+            rows.decode_row(o, &mut whole);
+            assert_eq!(&whole, want, "row {o}");
         }
         for other in [GgmlDType::Q4_0, GgmlDType::Q4K] {
             let q = QTensor::quantize(&w, other)?;

@@ -62,6 +62,62 @@ impl std::fmt::Debug for PackedF32 {
     }
 }
 
+/// `x w^T` for `x` `(m, k)` and `w` `(n, k)`, both row-major, by the `gemm` crate (candle's
+/// GEMM; it repacks `w` per call), written into the columns `col..col + n` of the row-major
+/// `y` (`m` rows of `y.len() / m`).
+///
+/// # Panics
+/// When the slices do not have those shapes.
+pub(crate) fn matmul_t_into_columns(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    n: usize,
+    y: &mut [f32],
+    col: usize,
+) {
+    let k = x.len() / m.max(1);
+    let width = y.len() / m.max(1);
+    assert!(
+        x.len() == m * k && w.len() == n * k && y.len() == m * width && col + n <= width,
+        "matmul_t_into_columns: x {} = {m} x {k}, w {} = {n} x {k}, y {} = {m} x {width}, \
+         columns {col}..{}",
+        x.len(),
+        w.len(),
+        y.len(),
+        col + n
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: x is (m, k) row-major, w (n, k) row-major is read as its transpose (k, n), and
+    // the columns col..col + n of the (m, width) row-major y are written: all in bounds, as
+    // checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr().add(col),
+            1,
+            width as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
+        );
+    }
+}
+
 /// Whether this CPU runs the packed kernels (checked once).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
