@@ -393,7 +393,7 @@ fn prefill_dequantized(kind: Quantization, w: &QTensor, rows: usize) -> bool {
 /// Whether candle's CPU matmul multiplies a Q8_0 `(n, k)` weight with an int8 GEMM (rather
 /// than a dot product per row pair). On x86 this follows `candle-core`'s `repack_x86::select`.
 fn candle_has_q8_0_gemm(n: usize, k: usize) -> bool {
-    let on_grid = k > 0 && k % 256 == 0;
+    let on_grid = k > 0 && k.is_multiple_of(256);
     #[cfg(target_arch = "x86_64")]
     {
         static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -401,7 +401,7 @@ fn candle_has_q8_0_gemm(n: usize, k: usize) -> bool {
             (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
                 || (is_x86_feature_detected!("avxvnni") && is_x86_feature_detected!("avx2"))
         });
-        on_grid && n % 16 == 0 && vnni
+        on_grid && n.is_multiple_of(16) && vnni
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -500,7 +500,7 @@ fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return widened_matmul(x, w.dim(0)?, |start, block| {
             let rows = w.narrow(0, start, block.len() / k)?.to_dtype(DType::F32)?;
             with_cpu_f32(&rows.contiguous()?, "weights", |values| {
-                block.copy_from_slice(&values);
+                block.copy_from_slice(values);
                 Ok(())
             })
         });
