@@ -1,5 +1,5 @@
 //! Decode-step products against GGML-quantized weights (Q8_0, Q4_K) on x86 CPUs with AVX-512
-//! VNNI.
+//! VNNI, and Q8_0 on x86 CPUs with AVX2.
 //!
 //! A decode step streams every weight once, so a quantized model decodes as fast as its bytes
 //! move. candle 0.11's CPU path re-packs Q4_K into tiles that carry f32 sub-block scales (a
@@ -12,7 +12,8 @@
 //! dot products (`vpdpbusd`), scaled once per block in f32.
 //!
 //! Activation rows above [`MAX_ROWS`](super::gemv::MAX_ROWS), other devices, other formats and
-//! CPUs without AVX-512 VNNI return `None`: the caller then uses candle's quantized matmul.
+//! CPUs without these instructions (Q4_K without AVX-512 VNNI) return `None`: the caller then
+//! uses candle's quantized matmul.
 #![allow(unsafe_code)]
 // The SIMD kernels exist only on x86_64; elsewhere every call is declined and the activation
 // quantization is only exercised by the tests' scalar reference.
@@ -52,7 +53,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     }
     let (block, block_bytes) = match w.dtype() {
         GgmlDType::Q8_0 => (Q8_0_BLOCK, Q8_0_BYTES),
-        GgmlDType::Q4K => (QK_K, Q4K_BYTES),
+        GgmlDType::Q4K if kernels.q4k.is_some() => (QK_K, Q4K_BYTES),
         _ => return Ok(None),
     };
     if in_dim % block != 0 {
@@ -78,9 +79,12 @@ pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
             })
         }
         _ => {
+            let Some(q4k) = kernels.q4k else {
+                return Ok(None);
+            };
             let acts = ActsQ8K::new(&xs, in_dim);
             run(rows, out_dim, &data, row_bytes, |ws, out| {
-                (kernels.q4k)(&acts, ws, out)
+                q4k(&acts, ws, out)
             })
         }
     };
@@ -255,7 +259,8 @@ type BandQ8K = fn(&ActsQ8K, &[u8], &mut [f32]);
 #[derive(Clone, Copy)]
 struct Kernels {
     q8_0: BandQ8_0,
-    q4k: BandQ8K,
+    /// `None` where candle's own Q4_K kernels are the ones to use.
+    q4k: Option<BandQ8K>,
 }
 
 /// The SIMD kernels, when this CPU has what they need.
@@ -264,7 +269,7 @@ fn kernels() -> Option<Kernels> {
     *KERNELS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            x86::best()
+            x86::best().or_else(|| avx2::q8_0().map(|q8_0| Kernels { q8_0, q4k: None }))
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -337,6 +342,8 @@ fn band_q4k_scalar(acts: &ActsQ8K, ws: &[u8], out: &mut [f32]) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -445,10 +452,9 @@ mod tests {
                     "{dtype:?} {rows}x{in_dim}x{out_dim}: scalar error {err}"
                 );
                 let Some(got) = matmul_t(&x, &q)? else {
-                    assert!(
-                        kernels().is_none(),
-                        "{dtype:?}: kernels present but not used"
-                    );
+                    let present =
+                        kernels().is_some_and(|k| dtype == GgmlDType::Q8_0 || k.q4k.is_some());
+                    assert!(!present, "{dtype:?}: kernels present but not used");
                     continue;
                 };
                 assert_eq!(got.dims(), &[rows, out_dim]);
@@ -460,6 +466,49 @@ mod tests {
                         "{dtype:?} {rows}x{in_dim}x{out_dim} [{i}]: {g} vs {s}"
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The AVX2 Q8_0 kernel, wherever AVX2 exists (on AVX-512 CPUs too, where `matmul_t` takes
+    /// the AVX-512 one), against the scalar integer reference; weights holding -128 too.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_q8_0_kernel_matches_the_reference() -> Result<()> {
+        let Some(kernel) = avx2::q8_0() else {
+            return Ok(());
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for (rows, out_dim, in_dim) in [
+            (1usize, 37usize, 32usize),
+            (2, 39, 1536),
+            (3, 70, 576),
+            (4, 33, 96),
+        ] {
+            let w = Tensor::from_vec(
+                random(out_dim * in_dim, &mut seed),
+                (out_dim, in_dim),
+                &Device::Cpu,
+            )?;
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+            let mut data = q.data()?.to_vec();
+            // GGML files may hold -128, which quantizing never writes.
+            data[2] = 0x80;
+            let xs = random(rows * in_dim, &mut seed);
+            let acts = ActsQ8_0::new(&xs, in_dim);
+            let row_bytes = data.len() / out_dim;
+            let want = run(rows, out_dim, &data, row_bytes, |ws, o| {
+                band_q8_0_scalar(&acts, ws, o)
+            });
+            let got = run(rows, out_dim, &data, row_bytes, |ws, o| {
+                kernel(&acts, ws, o)
+            });
+            for (i, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - s).abs() <= 1e-4 * s.abs().max(1.0),
+                    "{rows}x{in_dim}x{out_dim} [{i}]: {g} vs {s}"
+                );
             }
         }
         Ok(())

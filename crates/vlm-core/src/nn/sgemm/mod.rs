@@ -1,4 +1,4 @@
-//! f32 `x W^T` against weights packed once, at load time, for AVX-512.
+//! f32 `x W^T` against weights packed once, at load time, for AVX-512 or AVX2.
 //!
 //! A GEMM kernel wants each step to read a few consecutive output features of one input feature
 //! (one vector of weights) and broadcast one activation against it. PyTorch's `(out, in)` layout
@@ -22,8 +22,9 @@
 //!   once: as bandwidth-bound as a row-major GEMV.
 //!
 //! Each output is a sequential f32 sum over the input features, as a plain dot product would
-//! be. Only x86-64 CPUs with AVX-512F use this (`available`); elsewhere weights stay in
-//! PyTorch's layout for candle's kernels.
+//! be. x86-64 CPUs with AVX-512F or AVX2 (and FMA) use this (`available`; the AVX2 kernels
+//! sweep each tile in smaller blocks, see `avx2`, and give the same bits); elsewhere weights
+//! stay in PyTorch's layout for candle's kernels.
 #![allow(unsafe_code)]
 
 use candle_core::{Result, Tensor};
@@ -118,18 +119,41 @@ pub(crate) fn matmul_t_into_columns(
     }
 }
 
-/// Whether this CPU runs the packed kernels (checked once).
-pub(crate) fn available() -> bool {
+/// The instruction sets the packed kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F + FMA: [`x86`].
+    Avx512,
+    /// AVX2 + FMA: [`avx2`].
+    Avx2,
+}
+
+/// The best kernels this CPU runs (checked once), if any.
+fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512
-            .get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"))
+        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if !is_x86_feature_detected!("fma") {
+                None
+            } else if is_x86_feature_detected!("avx512f") {
+                Some(Isa::Avx512)
+            } else if is_x86_feature_detected!("avx2") {
+                Some(Isa::Avx2)
+            } else {
+                None
+            }
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
     }
+}
+
+/// Whether this CPU runs the packed kernels (AVX-512 or AVX2, with FMA).
+pub(crate) fn available() -> bool {
+    isa().is_some()
 }
 
 impl PackedF32 {
@@ -378,9 +402,9 @@ impl Weights<'_> {
                 b.len()
             );
         }
-        if !available() {
-            candle_core::bail!("packed matmul: this CPU lacks AVX-512F/FMA");
-        }
+        let Some(isa) = ISA_OVERRIDE.with(|o| o.get()).or_else(isa) else {
+            candle_core::bail!("packed matmul: this CPU lacks AVX2/AVX-512F with FMA");
+        };
         if rows == 0 || n == 0 {
             return Ok(vec![0f32; rows * n]);
         }
@@ -408,12 +432,13 @@ impl Weights<'_> {
                 let (g, c) = (t % plan.groups, t / plan.groups);
                 let (p0, p1) = (g * plan.per_group, ((g + 1) * plan.per_group).min(panels));
                 let (r0, r1) = (c * plan.chunk_rows, ((c + 1) * plan.chunk_rows).min(rows));
-                // SAFETY: `available()` checked the features; `xp` holds `rows x k` packed values
+                // SAFETY: `isa` names kernels this CPU runs; `xp` holds `rows x k` packed values
                 // and `r0` is a multiple of MR (a tile boundary, see `Split`), so the chunk's tiles
                 // start at `r0 * k`; `y` has room for `rows x n`; task `(g, c)` owns rows
                 // `r0..r1` of output columns `[p0 * NR, min(p1 * NR, n))`, disjoint across tasks.
                 self.with_panels(p0..p1, |w| unsafe {
                     panel_product(
+                        isa,
                         (n, k),
                         w,
                         &xp[r0 * k..r1 * k],
@@ -450,6 +475,7 @@ impl Weights<'_> {
 /// and columns; `bias`, if any, holds `out` values; `in > 0`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_product<F: Fn(f32) -> f32 + Copy>(
+    isa: Isa,
     (n, k): (usize, usize),
     w: *const f32,
     xp: &[f32],
@@ -478,9 +504,9 @@ unsafe fn panel_product<F: Fn(f32) -> f32 + Copy>(
                     first: k0 == 0,
                     bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().add(p * NR)),
                 };
-                block(mr, xs, mr, w, kc, &out);
+                block(isa, mr, xs, mr, w, kc, &out);
                 if let (Some(f), true) = (then, k0 + kc == k) {
-                    finish(&out, mr, f);
+                    finish(isa, &out, mr, f);
                 }
             }
             r += mr;
@@ -612,11 +638,16 @@ pub(crate) enum Epilogue {
 /// `f` over the `rows x out.cols` block at `out.y`, just stored.
 ///
 /// # Safety
-/// As [`block`]: on x86, AVX-512F and FMA are present; `out.y` holds `rows` rows of stride
+/// As [`block`]: this CPU runs `isa`'s kernels; `out.y` holds `rows` rows of stride
 /// `out.ldy` with `out.cols` values each.
-unsafe fn finish<F: Fn(f32) -> f32>(out: &Out, rows: usize, f: F) {
+unsafe fn finish<F: Fn(f32) -> f32>(isa: Isa, out: &Out, rows: usize, f: F) {
     #[cfg(target_arch = "x86_64")]
-    x86::finish(out, rows, f);
+    match isa {
+        Isa::Avx512 => x86::finish(out, rows, f),
+        Isa::Avx2 => avx2::finish(out, rows, f),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     #[cfg(not(target_arch = "x86_64"))]
     for i in 0..rows {
         for v in std::slice::from_raw_parts_mut(out.y.add(i * out.ldy), out.cols) {
@@ -628,13 +659,37 @@ unsafe fn finish<F: Fn(f32) -> f32>(out: &Out, rows: usize, f: F) {
 /// Dispatches `mr <= MR` rows to the kernel compiled for that many.
 ///
 /// # Safety
-/// On x86, AVX-512F and FMA are present. `x` holds `kc` steps of stride `ldk` with `mr` readable
+/// This CPU runs `isa`'s kernels (see [`isa`]). `x` holds `kc` steps of stride `ldk` with `mr` readable
 /// values each (a tile of packed activations), `w` holds `kc * NR` values, `out.y` holds `mr`
 /// rows of stride `out.ldy` with `out.cols <= NR` writable values each (readable unless
 /// `out.first`), and `out.bias` is null or holds `out.cols` values.
-unsafe fn block(mr: usize, x: *const f32, ldk: usize, w: *const f32, kc: usize, out: &Out) {
+unsafe fn block(
+    isa: Isa,
+    mr: usize,
+    x: *const f32,
+    ldk: usize,
+    w: *const f32,
+    kc: usize,
+    out: &Out,
+) {
     #[cfg(target_arch = "x86_64")]
-    {
+    if isa == Isa::Avx2 {
+        let f = match mr {
+            12 => avx2::tile::<12>,
+            11 => avx2::tile::<11>,
+            10 => avx2::tile::<10>,
+            9 => avx2::tile::<9>,
+            8 => avx2::tile::<8>,
+            7 => avx2::tile::<7>,
+            6 => avx2::tile::<6>,
+            5 => avx2::tile::<5>,
+            4 => avx2::tile::<4>,
+            3 => avx2::tile::<3>,
+            2 => avx2::tile::<2>,
+            _ => avx2::row,
+        };
+        f(x, ldk, w, kc, out);
+    } else {
         let f = match mr {
             12 => x86::tile::<12>,
             11 => x86::tile::<11>,
@@ -653,6 +708,8 @@ unsafe fn block(mr: usize, x: *const f32, ldk: usize, w: *const f32, kc: usize, 
     }
     // Portable form of the same tile. Nothing packs weights where `available()` is false, so
     // this only keeps `block` total off x86.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     #[cfg(not(target_arch = "x86_64"))]
     for i in 0..mr {
         for j in 0..out.cols {
@@ -673,7 +730,15 @@ unsafe fn block(mr: usize, x: *const f32, ldk: usize, w: *const f32, kc: usize, 
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod x86;
+
+thread_local! {
+    /// Kernels a caller on this thread asks for instead of the best ones (tests run the AVX2
+    /// kernels on AVX-512 CPUs this way); `None` takes [`isa`].
+    static ISA_OVERRIDE: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
+}
 
 #[cfg(test)]
 mod tests;

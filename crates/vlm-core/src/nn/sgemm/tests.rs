@@ -136,3 +136,46 @@ fn matmul_matches_a_dot_product_at_every_edge() -> Result<()> {
     }
     Ok(())
 }
+
+/// The AVX2 kernels give the AVX-512 kernels' bits (the same sums in the same order), on every
+/// edge the test above covers; on an AVX2-only CPU this compares them with the reference.
+#[test]
+fn avx2_kernels_give_the_same_bits() -> Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return Ok(());
+        }
+        for (rows, n, k) in [
+            (1, 70, 300),
+            (3, 33, 257),
+            (13, 31, 5),
+            (200, 96, 513),
+            (7, 16, 9),
+        ] {
+            let x = values(rows * k, 2);
+            let w = values(n * k, 3);
+            let bias = values(n, 4);
+            let packed = PackedF32::pack(&w, n, k)?;
+            let want = reference(&x, &w, rows, n, k);
+            for then in [Epilogue::None, Epilogue::GeluTanh] {
+                let best = packed.matmul_t(&x, rows, Some(&bias), then)?;
+                ISA_OVERRIDE.with(|o| o.set(Some(Isa::Avx2)));
+                let avx2 = packed.matmul_t(&x, rows, Some(&bias), then);
+                ISA_OVERRIDE.with(|o| o.set(None));
+                let avx2 = avx2?;
+                assert_eq!(avx2, best, "({rows}, {n}, {k}, {then:?})");
+                if then == Epilogue::None {
+                    for (i, (g, e)) in avx2.iter().zip(&want).enumerate() {
+                        let e = e + bias[i % n];
+                        assert!(
+                            (g - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                            "({rows}, {n}, {k}) at {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
