@@ -3,8 +3,8 @@
 
 Absolute times on our VMs drift by 30% or more between runs, but the ratio of two
 configurations measured in one process holds far better. So the baseline
-(`benches/baseline.json`) records, per shape and per configuration (dtype x quantization), each
-stage's speed relative to the unquantized f32 row of the same run:
+(`benches/baseline.json`) records, per shape, per CPU class and per configuration (dtype x
+quantization), each stage's speed relative to the unquantized f32 row of the same run:
 
     vision, ttft: f32 time / this row's time      (> 1: faster than f32)
     prefill, decode: this row's tok/s / f32 tok/s
@@ -13,6 +13,11 @@ stage's speed relative to the unquantized f32 row of the same run:
 more than `--tolerance` (20%) below the baseline; it exits 1 if any did. `--record` writes the
 fresh ratios into the baseline instead (do it in the commit that makes a stage faster, and say
 so). Run it on a quiet machine: nothing else building or benchmarking.
+
+Ratios do not carry across instruction sets (an AVX-512 CPU runs other kernels than an AVX2
+one: the Q8_0/f32 decode ratio was 3.1 on one and 1.3 on the other before the AVX2 kernels),
+so each CPU class (`cpu_class()`: x86-avx512, x86-avx2, or the machine name) has its own
+baseline; a class with none yet says so and asks for `--record`.
 
     cargo build --release -p vlm-benches
     python3 benches/scripts/make_real_shape.py qwen2-vl-2b --out /tmp/real/qwen2-vl-2b
@@ -50,6 +55,24 @@ STAGES = {
     "prefill": ("prefill_tok_s", True),
     "decode": ("decode_tok_s", True),
 }
+
+
+def cpu_class():
+    """The instruction-set class whose kernels this CPU runs, as the baseline is keyed."""
+    import platform
+
+    machine = platform.machine()
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if machine in ("x86_64", "AMD64"):
+        if "avx512f" in flags and "avx512_vnni" in flags:
+            return "x86-avx512"
+        if "avx2" in flags and "fma" in flags:
+            return "x86-avx2"
+    return machine
 
 
 def run_bench(model, image, quants, runs, new_tokens, threads):
@@ -108,14 +131,17 @@ def main():
     fresh = ratios(run_bench(args.model, image, quants, args.runs, args.new_tokens, args.threads))
 
     baseline = json.loads(args.baseline.read_text()) if args.baseline.exists() else {}
+    cpu = cpu_class()
     if args.record:
-        baseline[args.shape] = fresh
+        baseline.setdefault(args.shape, {})[cpu] = fresh
         args.baseline.write_text(json.dumps(baseline, indent=2, sort_keys=True) + "\n")
-        print(f"recorded {args.shape} in {args.baseline}")
+        print(f"recorded {args.shape} on {cpu} in {args.baseline}")
         return
-    want = baseline.get(args.shape)
+    want = baseline.get(args.shape, {}).get(cpu)
     if want is None:
-        sys.exit(f"{args.baseline} has no baseline for {args.shape}: run with --record first")
+        sys.exit(f"{args.baseline} has no baseline for {args.shape} on {cpu}: "
+                 "run with --record first")
+    print(f"\nbaseline: {args.shape} on {cpu}")
 
     print("\n| config | stage | baseline | fresh | change | |\n|---|---|---|---|---|---|")
     flagged = []

@@ -277,6 +277,40 @@ pub(crate) trait WeightRows: Sync {
     /// Values `k0..k0 + ROW_CHUNK` of weight row `o` (`k0` a multiple of [`ROW_CHUNK`], which
     /// divides `in_features`).
     fn row_chunk(&self, o: usize, k0: usize, values: &mut [f32; ROW_CHUNK]);
+
+    /// `panel[kk * NR + j]` = value `k0 + kk` of weight row `o + j`, for `kk < ROW_CHUNK` and
+    /// `j < width <= NR` (the rest of `panel` untouched): a chunk of a packed panel. The default
+    /// decodes `width` row chunks side by side into `rows` (in L1) and stores them transposed;
+    /// formats with a faster transposing decode override it.
+    fn panel_chunk(
+        &self,
+        o: usize,
+        width: usize,
+        k0: usize,
+        panel: &mut [f32; ROW_CHUNK * NR],
+        rows: &mut [[f32; ROW_CHUNK]; NR],
+    ) {
+        transpose_row_chunks(self, o, width, k0, panel, rows);
+    }
+}
+
+/// [`WeightRows::panel_chunk`]'s default, for any weight (overrides fall back to it too).
+pub(crate) fn transpose_row_chunks<W: WeightRows + ?Sized>(
+    w: &W,
+    o: usize,
+    width: usize,
+    k0: usize,
+    panel: &mut [f32; ROW_CHUNK * NR],
+    rows: &mut [[f32; ROW_CHUNK]; NR],
+) {
+    for (j, vals) in rows.iter_mut().take(width).enumerate() {
+        w.row_chunk(o + j, k0, vals);
+    }
+    for (kk, line) in panel.chunks_exact_mut(NR).enumerate() {
+        for (j, v) in line.iter_mut().take(width).enumerate() {
+            *v = rows[j][kk];
+        }
+    }
 }
 
 /// Input features per [`WeightRows::row_chunk`]: one GGML Q8_0 block, or one Q4_K sub-block.
@@ -361,18 +395,12 @@ impl Weights<'_> {
                 for (p, panel) in lines.chunks_exact_mut(panel_lines).enumerate() {
                     let o = first + p * NR;
                     let width = NR.min(n - o);
-                    for k0 in (0..k).step_by(ROW_CHUNK) {
-                        for (j, vals) in chunk.iter_mut().take(width).enumerate() {
-                            w.row_chunk(o + j, k0, vals);
-                        }
-                        for (kk, pair) in panel[k0 * 2..(k0 + ROW_CHUNK) * 2]
-                            .chunks_exact_mut(2)
-                            .enumerate()
-                        {
-                            for j in 0..width {
-                                pair[j / 16].0[j % 16] = chunk[j][kk];
-                            }
-                        }
+                    for (c, pairs) in panel.chunks_exact_mut(ROW_CHUNK * NR / 16).enumerate() {
+                        // SAFETY: `Line` is `repr(C)` over 16 f32s, so these `ROW_CHUNK * NR / 16`
+                        // lines are `ROW_CHUNK * NR` contiguous, aligned f32s.
+                        let values =
+                            unsafe { &mut *(pairs.as_mut_ptr() as *mut [f32; ROW_CHUNK * NR]) };
+                        w.panel_chunk(o, width, c * ROW_CHUNK, values, chunk);
                     }
                 }
                 f(lines.as_ptr() as *const f32)
