@@ -1,5 +1,5 @@
 //! Decode-step products against GGML-quantized weights (Q8_0, Q4_K) on x86 CPUs with AVX-512
-//! VNNI, and Q8_0 on x86 CPUs with AVX2.
+//! VNNI or AVX2.
 //!
 //! A decode step streams every weight once, so a quantized model decodes as fast as its bytes
 //! move. candle 0.11's CPU path re-packs Q4_K into tiles that carry f32 sub-block scales (a
@@ -12,8 +12,8 @@
 //! dot products (`vpdpbusd`), scaled once per block in f32.
 //!
 //! Activation rows above [`MAX_ROWS`](super::gemv::MAX_ROWS), other devices, other formats and
-//! CPUs without these instructions (Q4_K without AVX-512 VNNI) return `None`: the caller then
-//! uses candle's quantized matmul.
+//! CPUs without these instructions return `None`: the caller then uses candle's quantized
+//! matmul.
 #![allow(unsafe_code)]
 // The SIMD kernels exist only on x86_64; elsewhere every call is declined and the activation
 // quantization is only exercised by the tests' scalar reference.
@@ -269,7 +269,7 @@ fn kernels() -> Option<Kernels> {
     *KERNELS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            x86::best().or_else(|| avx2::q8_0().map(|q8_0| Kernels { q8_0, q4k: None }))
+            x86::best().or_else(avx2::kernels)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -471,43 +471,60 @@ mod tests {
         Ok(())
     }
 
-    /// The AVX2 Q8_0 kernel, wherever AVX2 exists (on AVX-512 CPUs too, where `matmul_t` takes
-    /// the AVX-512 one), against the scalar integer reference; weights holding -128 too.
+    /// The AVX2 kernels, wherever AVX2 exists (on AVX-512 CPUs too, where `matmul_t` takes
+    /// the AVX-512 ones), against the scalar integer references; Q8_0 weights holding -128 too.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_q8_0_kernel_matches_the_reference() -> Result<()> {
-        let Some(kernel) = avx2::q8_0() else {
+    fn avx2_kernels_match_the_reference() -> Result<()> {
+        let Some(kernels) = avx2::kernels() else {
             return Ok(());
         };
+        let q4k = kernels.q4k.expect("the AVX2 kernels include Q4_K");
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for (rows, out_dim, in_dim) in [
-            (1usize, 37usize, 32usize),
-            (2, 39, 1536),
-            (3, 70, 576),
-            (4, 33, 96),
+        for (dtype, rows, out_dim, in_dim) in [
+            (GgmlDType::Q8_0, 1usize, 37usize, 32usize),
+            (GgmlDType::Q8_0, 2, 39, 1536),
+            (GgmlDType::Q8_0, 3, 70, 576),
+            (GgmlDType::Q8_0, 4, 33, 96),
+            (GgmlDType::Q4K, 1, 37, 256),
+            (GgmlDType::Q4K, 2, 39, 1536),
+            (GgmlDType::Q4K, 3, 70, 512),
+            (GgmlDType::Q4K, 4, 33, 256),
         ] {
             let w = Tensor::from_vec(
                 random(out_dim * in_dim, &mut seed),
                 (out_dim, in_dim),
                 &Device::Cpu,
             )?;
-            let q = QTensor::quantize(&w, GgmlDType::Q8_0)?;
+            let q = QTensor::quantize(&w, dtype)?;
             let mut data = q.data()?.to_vec();
-            // GGML files may hold -128, which quantizing never writes.
-            data[2] = 0x80;
             let xs = random(rows * in_dim, &mut seed);
-            let acts = ActsQ8_0::new(&xs, in_dim);
             let row_bytes = data.len() / out_dim;
-            let want = run(rows, out_dim, &data, row_bytes, |ws, o| {
-                band_q8_0_scalar(&acts, ws, o)
-            });
-            let got = run(rows, out_dim, &data, row_bytes, |ws, o| {
-                kernel(&acts, ws, o)
-            });
+            let (want, got) = if dtype == GgmlDType::Q8_0 {
+                // GGML files may hold -128, which quantizing never writes.
+                data[2] = 0x80;
+                let acts = ActsQ8_0::new(&xs, in_dim);
+                (
+                    run(rows, out_dim, &data, row_bytes, |ws, o| {
+                        band_q8_0_scalar(&acts, ws, o)
+                    }),
+                    run(rows, out_dim, &data, row_bytes, |ws, o| {
+                        (kernels.q8_0)(&acts, ws, o)
+                    }),
+                )
+            } else {
+                let acts = ActsQ8K::new(&xs, in_dim);
+                (
+                    run(rows, out_dim, &data, row_bytes, |ws, o| {
+                        band_q4k_scalar(&acts, ws, o)
+                    }),
+                    run(rows, out_dim, &data, row_bytes, |ws, o| q4k(&acts, ws, o)),
+                )
+            };
             for (i, (g, s)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - s).abs() <= 1e-4 * s.abs().max(1.0),
-                    "{rows}x{in_dim}x{out_dim} [{i}]: {g} vs {s}"
+                    "{dtype:?} {rows}x{in_dim}x{out_dim} [{i}]: {g} vs {s}"
                 );
             }
         }
