@@ -37,6 +37,25 @@ impl Quantization {
         self.ggml().block_size()
     }
 
+    /// The format a layer whose input width is off this one's block grid takes instead, if any.
+    /// Q4_K's blocks are 256 wide, and models such as SmolLM2 (576) have most widths off that
+    /// grid; like llama.cpp, which gives such tensors another type rather than leaving them in
+    /// float, those layers take Q8_0 (llama.cpp picks Q5_0; Q8_0 is the format our kernels run
+    /// fastest, and the more exact one).
+    pub fn fallback(self) -> Option<Self> {
+        match self {
+            Self::Q8_0 => None,
+            Self::Q4K => Some(Self::Q8_0),
+        }
+    }
+
+    /// The format a layer of input width `in_features` takes under this quantization: this one,
+    /// its [`fallback`](Self::fallback), or `None` (the layer stays in float).
+    pub fn for_width(self, in_features: usize) -> Option<Self> {
+        std::iter::successors(Some(self), |q| q.fallback())
+            .find(|q| in_features % q.block_size() == 0)
+    }
+
     /// The name used on the command line (`q8_0`, `q4k`).
     pub fn name(self) -> &'static str {
         match self {
@@ -231,9 +250,10 @@ impl Linear {
         }
     }
 
-    /// This layer with its weight quantized to `kind` (the bias stays in float). A layer whose
-    /// input width is not a multiple of the block size cannot be quantized and is returned
-    /// unchanged; [`Linear::quantization`] tells which happened.
+    /// This layer with its weight quantized to `kind`, or to its fallback where the input width
+    /// is not a multiple of `kind`'s block (see [`Quantization::for_width`]); the bias stays in
+    /// float. A layer that fits neither is returned unchanged; [`Linear::quantization`] tells
+    /// which happened.
     pub fn quantized(&self, kind: Quantization) -> Result<Self> {
         let w = match &self.weight {
             Weight::Dense(w) => w.clone(),
@@ -242,9 +262,9 @@ impl Linear {
         };
         let w = &w;
         let (out_features, in_features) = w.dims2()?;
-        if in_features % kind.block_size() != 0 {
+        let Some(kind) = kind.for_width(in_features) else {
             return Ok(self.clone());
-        }
+        };
         let q = Arc::new(QTensor::quantize(&w.to_dtype(DType::F32)?, kind.ggml())?);
         Ok(Self {
             weight: Weight::Quantized {
@@ -640,10 +660,26 @@ mod tests {
     }
 
     #[test]
-    fn incompatible_widths_stay_dense() -> Result<()> {
-        let w = Tensor::randn(0f32, 1.0, (8, 64), &Device::Cpu)?;
-        let q = Linear::from_weights(w, None).quantized(Quantization::Q4K)?;
-        assert_eq!(q.quantization(), None);
+    fn widths_off_the_grid_fall_back_or_stay_dense() -> Result<()> {
+        let dev = Device::Cpu;
+        // Off Q4_K's 256 grid, on Q8_0's 32: the layer Q8_0 gives, value for value.
+        let w = Tensor::randn(0f32, 1.0, (8, 64), &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (3, 64), &dev)?;
+        let dense = Linear::from_weights(w, None);
+        let q = dense.quantized(Quantization::Q4K)?;
+        assert_eq!(q.quantization(), Some(Quantization::Q8_0));
+        let want = dense.quantized(Quantization::Q8_0)?.forward(&x)?;
+        let got = q.forward(&x)?;
+        assert_eq!(got.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        // Off both grids: float.
+        for kind in [Quantization::Q4K, Quantization::Q8_0] {
+            let w = Tensor::randn(0f32, 1.0, (8, 48), &dev)?;
+            let q = Linear::from_weights(w, None).quantized(kind)?;
+            assert_eq!(q.quantization(), None, "{kind:?}");
+        }
+        assert_eq!(Quantization::Q4K.for_width(512), Some(Quantization::Q4K));
+        assert_eq!(Quantization::Q8_0.for_width(576), Some(Quantization::Q8_0));
+        assert_eq!(Quantization::Q8_0.for_width(40), None);
         Ok(())
     }
 }

@@ -162,9 +162,11 @@ fn finish_linear(l: Linear, quantization: Option<Quantization>) -> Result<Linear
 /// What [`Decoder::quantize`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuantizeReport {
-    /// Checkpoint linear layers now quantized (stacked q/k/v and gate/up count one each).
+    /// Checkpoint linear layers now quantized, to the format asked for or to its fallback
+    /// ([`Quantization::for_width`](crate::nn::Quantization::for_width); stacked q/k/v and
+    /// gate/up count one each).
     pub quantized: usize,
-    /// Checkpoint linear layers left dense: input width not a multiple of the block size.
+    /// Checkpoint linear layers left dense: input width a multiple of neither block size.
     pub kept_dense: usize,
 }
 
@@ -401,10 +403,12 @@ mod tests {
     #[test]
     fn quantizing_while_loading_equals_quantizing_after() -> Result<()> {
         let dev = Device::Cpu;
-        // The second case's MLP width (320) is off Q4_K's 256 grid: down_proj stays float.
+        // MLP widths off Q4_K's 256 grid: down_proj falls back to Q8_0 (320), or stays float
+        // when off Q8_0's 32 grid too (336).
         for (tie, kind, width, kept) in [
             (false, Quantization::Q8_0, 512, 0),
-            (true, Quantization::Q4K, 320, 2),
+            (true, Quantization::Q4K, 320, 0),
+            (true, Quantization::Q4K, 336, 2),
         ] {
             let cfg = config(tie, width);
             let w = weights(&cfg)?;
@@ -422,7 +426,8 @@ mod tests {
             );
             // A layer left in float is packed for our GEMM like any other float layer.
             let down = &during.layers[0].mlp.down_proj;
-            assert_eq!(down.quantization().is_none(), kept > 0);
+            let want = (kept == 0).then(|| kind.for_width(width)).flatten();
+            assert_eq!(down.quantization(), want, "down_proj at width {width}");
             if kept > 0 {
                 assert_eq!(down.weight().is_none(), crate::nn::sgemm::available());
             }
