@@ -53,7 +53,7 @@ impl Quantization {
     /// its [`fallback`](Self::fallback), or `None` (the layer stays in float).
     pub fn for_width(self, in_features: usize) -> Option<Self> {
         std::iter::successors(Some(self), |q| q.fallback())
-            .find(|q| in_features % q.block_size() == 0)
+            .find(|q| in_features.is_multiple_of(q.block_size()))
     }
 
     /// The name used on the command line (`q8_0`, `q4k`).
