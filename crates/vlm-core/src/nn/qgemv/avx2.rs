@@ -21,7 +21,7 @@ pub(super) fn kernels() -> Option<Kernels> {
         && is_x86_feature_detected!("f16c");
     ok.then_some(Kernels {
         q8_0: band_q8_0,
-        q4k: Some(band_q4k),
+        q4k: band_q4k,
     })
 }
 

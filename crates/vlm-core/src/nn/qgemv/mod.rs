@@ -53,7 +53,7 @@ pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
     }
     let (block, block_bytes) = match w.dtype() {
         GgmlDType::Q8_0 => (Q8_0_BLOCK, Q8_0_BYTES),
-        GgmlDType::Q4K if kernels.q4k.is_some() => (QK_K, Q4K_BYTES),
+        GgmlDType::Q4K => (QK_K, Q4K_BYTES),
         _ => return Ok(None),
     };
     if in_dim % block != 0 {
@@ -79,12 +79,9 @@ pub(crate) fn matmul_t(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
             })
         }
         _ => {
-            let Some(q4k) = kernels.q4k else {
-                return Ok(None);
-            };
             let acts = ActsQ8K::new(&xs, in_dim);
             run(rows, out_dim, &data, row_bytes, |ws, out| {
-                q4k(&acts, ws, out)
+                (kernels.q4k)(&acts, ws, out)
             })
         }
     };
@@ -259,8 +256,7 @@ type BandQ8K = fn(&ActsQ8K, &[u8], &mut [f32]);
 #[derive(Clone, Copy)]
 struct Kernels {
     q8_0: BandQ8_0,
-    /// `None` where candle's own Q4_K kernels are the ones to use.
-    q4k: Option<BandQ8K>,
+    q4k: BandQ8K,
 }
 
 /// The SIMD kernels, when this CPU has what they need.
@@ -452,9 +448,10 @@ mod tests {
                     "{dtype:?} {rows}x{in_dim}x{out_dim}: scalar error {err}"
                 );
                 let Some(got) = matmul_t(&x, &q)? else {
-                    let present =
-                        kernels().is_some_and(|k| dtype == GgmlDType::Q8_0 || k.q4k.is_some());
-                    assert!(!present, "{dtype:?}: kernels present but not used");
+                    assert!(
+                        kernels().is_none(),
+                        "{dtype:?}: kernels present but not used"
+                    );
                     continue;
                 };
                 assert_eq!(got.dims(), &[rows, out_dim]);
@@ -479,7 +476,7 @@ mod tests {
         let Some(kernels) = avx2::kernels() else {
             return Ok(());
         };
-        let q4k = kernels.q4k.expect("the AVX2 kernels include Q4_K");
+        let q4k = kernels.q4k;
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for (dtype, rows, out_dim, in_dim) in [
             (GgmlDType::Q8_0, 1usize, 37usize, 32usize),
