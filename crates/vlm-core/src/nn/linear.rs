@@ -494,7 +494,7 @@ fn widened_matmul(
             let n = WIDEN_BLOCK_ROWS.min(out - start);
             let block = &mut block[..n * k];
             widen(start, block)?;
-            sgemm::matmul_t_into_columns(xs, m, block, n, &mut y, start);
+            sgemm::matmul_t_into_columns(xs, m, block, n, &mut y, start)?;
             start += n;
         }
         Ok(())

@@ -72,16 +72,17 @@ impl sgemm::WeightRows for QuantRows<'_> {
         rows: &mut [[f32; ROW_CHUNK]; NR],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if width == NR && avx2() {
+        // `new` checked the data against the shape, so a full panel of rows is in bounds
+        // whenever one exists; the bounds are checked here anyway rather than trusted.
+        if width == NR
+            && avx2()
+            && k0 < self.in_features
+            && (o + NR) * self.row_bytes <= self.data.len()
+        {
             let at = k0 / Q8_0_BLOCK * Q8_0_BYTES;
-            let end = (o + NR - 1) * self.row_bytes + at + Q8_0_BYTES;
-            assert!(
-                end <= self.data.len(),
-                "rows {o}..{} past the weight",
-                o + NR
-            );
             // SAFETY: AVX2 and F16C were detected; the 32 blocks read (rows `o..o + NR`, block
-            // `at`) are in bounds, as just checked, and `panel` holds `ROW_CHUNK * NR` values.
+            // `at` < `row_bytes`) are in bounds, as just checked, and `panel` holds
+            // `ROW_CHUNK * NR` values.
             unsafe {
                 transposed_blocks_avx2(
                     self.data.as_ptr().add(o * self.row_bytes + at),

@@ -67,8 +67,7 @@ impl std::fmt::Debug for PackedF32 {
 /// GEMM; it repacks `w` per call), written into the columns `col..col + n` of the row-major
 /// `y` (`m` rows of `y.len() / m`).
 ///
-/// # Panics
-/// When the slices do not have those shapes.
+/// An error when the slices do not have those shapes.
 pub(crate) fn matmul_t_into_columns(
     x: &[f32],
     m: usize,
@@ -76,20 +75,21 @@ pub(crate) fn matmul_t_into_columns(
     n: usize,
     y: &mut [f32],
     col: usize,
-) {
+) -> Result<()> {
     let k = x.len() / m.max(1);
     let width = y.len() / m.max(1);
-    assert!(
-        x.len() == m * k && w.len() == n * k && y.len() == m * width && col + n <= width,
-        "matmul_t_into_columns: x {} = {m} x {k}, w {} = {n} x {k}, y {} = {m} x {width}, \
-         columns {col}..{}",
-        x.len(),
-        w.len(),
-        y.len(),
-        col + n
-    );
+    if x.len() != m * k || w.len() != n * k || y.len() != m * width || col + n > width {
+        candle_core::bail!(
+            "matmul_t_into_columns: x {} = {m} x {k}, w {} = {n} x {k}, y {} = {m} x {width}, \
+             columns {col}..{}",
+            x.len(),
+            w.len(),
+            y.len(),
+            col + n
+        );
+    }
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     // SAFETY: x is (m, k) row-major, w (n, k) row-major is read as its transpose (k, n), and
     // the columns col..col + n of the (m, width) row-major y are written: all in bounds, as
@@ -117,6 +117,7 @@ pub(crate) fn matmul_t_into_columns(
             gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
         );
     }
+    Ok(())
 }
 
 /// The instruction sets the packed kernels are compiled for.
