@@ -120,43 +120,6 @@ pub(crate) fn matmul_t_into_columns(
     Ok(())
 }
 
-/// The instruction sets the packed kernels are compiled for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    /// AVX-512F + FMA: [`x86`].
-    Avx512,
-    /// AVX2 + FMA: [`avx2`].
-    Avx2,
-}
-
-/// The best kernels this CPU runs (checked once), if any.
-fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            if !is_x86_feature_detected!("fma") {
-                None
-            } else if is_x86_feature_detected!("avx512f") {
-                Some(Isa::Avx512)
-            } else if is_x86_feature_detected!("avx2") {
-                Some(Isa::Avx2)
-            } else {
-                None
-            }
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
-}
-
-/// Whether this CPU runs the packed kernels (AVX-512 or AVX2, with FMA).
-pub(crate) fn available() -> bool {
-    isa().is_some()
-}
-
 impl PackedF32 {
     /// Packs a row-major `(out, in)` weight.
     pub(crate) fn pack(w: &[f32], out_features: usize, in_features: usize) -> Result<Self> {
@@ -268,73 +231,6 @@ impl PackedF32 {
     ) -> Result<Vec<f32>> {
         Weights::Packed(self).matmul_t(x, rows, bias, then)
     }
-}
-
-/// A weight whose rows are produced on demand (quantized blocks decoded to f32), for a product
-/// that must not hold an f32 copy of the whole weight: see [`matmul_t_rows`].
-pub(crate) trait WeightRows: Sync {
-    fn out_features(&self) -> usize;
-    fn in_features(&self) -> usize;
-    /// Values `k0..k0 + ROW_CHUNK` of weight row `o` (`k0` a multiple of [`ROW_CHUNK`], which
-    /// divides `in_features`).
-    fn row_chunk(&self, o: usize, k0: usize, values: &mut [f32; ROW_CHUNK]);
-
-    /// `panel[kk * NR + j]` = value `k0 + kk` of weight row `o + j`, for `kk < ROW_CHUNK` and
-    /// `j < width <= NR` (the rest of `panel` untouched): a chunk of a packed panel. The default
-    /// decodes `width` row chunks side by side into `rows` (in L1) and stores them transposed;
-    /// formats with a faster transposing decode override it.
-    fn panel_chunk(
-        &self,
-        o: usize,
-        width: usize,
-        k0: usize,
-        panel: &mut [f32; ROW_CHUNK * NR],
-        rows: &mut [[f32; ROW_CHUNK]; NR],
-    ) {
-        transpose_row_chunks(self, o, width, k0, panel, rows);
-    }
-}
-
-/// [`WeightRows::panel_chunk`]'s default, for any weight (overrides fall back to it too).
-pub(crate) fn transpose_row_chunks<W: WeightRows + ?Sized>(
-    w: &W,
-    o: usize,
-    width: usize,
-    k0: usize,
-    panel: &mut [f32; ROW_CHUNK * NR],
-    rows: &mut [[f32; ROW_CHUNK]; NR],
-) {
-    for (j, vals) in rows.iter_mut().take(width).enumerate() {
-        w.row_chunk(o + j, k0, vals);
-    }
-    for (kk, line) in panel.chunks_exact_mut(NR).enumerate() {
-        for (j, v) in line.iter_mut().take(width).enumerate() {
-            *v = rows[j][kk];
-        }
-    }
-}
-
-/// Input features per [`WeightRows::row_chunk`]: one GGML Q8_0 block, or one Q4_K sub-block.
-pub(crate) const ROW_CHUNK: usize = 32;
-
-/// [`PackedF32::matmul_t`] against a weight given by rows. Each task packs the rows of its own
-/// group of panels into a per-thread buffer (a few hundred KB that stay in L2 while every row
-/// tile meets them), so the weight is decoded about once per product, and each output is the
-/// same sum as the packed product of the decoded weight.
-pub(crate) fn matmul_t_rows(
-    w: &dyn WeightRows,
-    x: &[f32],
-    rows: usize,
-    bias: Option<&[f32]>,
-    then: Epilogue,
-) -> Result<Vec<f32>> {
-    if !w.in_features().is_multiple_of(ROW_CHUNK) {
-        candle_core::bail!(
-            "packed matmul: weight rows come in chunks of {ROW_CHUNK}, found {} input features",
-            w.in_features()
-        );
-    }
-    Weights::Rows(w).matmul_t(x, rows, bias, then)
 }
 
 /// Where [`Weights::product`] reads the panels of a weight.
@@ -664,110 +560,16 @@ pub(crate) enum Epilogue {
     GeluTanh,
 }
 
-/// `f` over the `rows x out.cols` block at `out.y`, just stored.
-///
-/// # Safety
-/// As [`block`]: this CPU runs `isa`'s kernels; `out.y` holds `rows` rows of stride
-/// `out.ldy` with `out.cols` values each.
-unsafe fn finish<F: Fn(f32) -> f32>(isa: Isa, out: &Out, rows: usize, f: F) {
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => x86::finish(out, rows, f),
-        Isa::Avx2 => avx2::finish(out, rows, f),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..rows {
-        for v in std::slice::from_raw_parts_mut(out.y.add(i * out.ldy), out.cols) {
-            *v = f(*v);
-        }
-    }
-}
-
-/// Dispatches `mr <= MR` rows to the kernel compiled for that many.
-///
-/// # Safety
-/// This CPU runs `isa`'s kernels (see [`isa`]). `x` holds `kc` steps of stride `ldk` with `mr` readable
-/// values each (a tile of packed activations), `w` holds `kc * NR` values, `out.y` holds `mr`
-/// rows of stride `out.ldy` with `out.cols <= NR` writable values each (readable unless
-/// `out.first`), and `out.bias` is null or holds `out.cols` values.
-unsafe fn block(
-    isa: Isa,
-    mr: usize,
-    x: *const f32,
-    ldk: usize,
-    w: *const f32,
-    kc: usize,
-    out: &Out,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        let f = match mr {
-            12 => avx2::tile::<12>,
-            11 => avx2::tile::<11>,
-            10 => avx2::tile::<10>,
-            9 => avx2::tile::<9>,
-            8 => avx2::tile::<8>,
-            7 => avx2::tile::<7>,
-            6 => avx2::tile::<6>,
-            5 => avx2::tile::<5>,
-            4 => avx2::tile::<4>,
-            3 => avx2::tile::<3>,
-            2 => avx2::tile::<2>,
-            _ => avx2::row,
-        };
-        f(x, ldk, w, kc, out);
-    } else {
-        let f = match mr {
-            12 => x86::tile::<12>,
-            11 => x86::tile::<11>,
-            10 => x86::tile::<10>,
-            9 => x86::tile::<9>,
-            8 => x86::tile::<8>,
-            7 => x86::tile::<7>,
-            6 => x86::tile::<6>,
-            5 => x86::tile::<5>,
-            4 => x86::tile::<4>,
-            3 => x86::tile::<3>,
-            2 => x86::tile::<2>,
-            _ => x86::row,
-        };
-        f(x, ldk, w, kc, out);
-    }
-    // Portable form of the same tile. Nothing packs weights where `available()` is false, so
-    // this only keeps `block` total off x86.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = isa;
-    #[cfg(not(target_arch = "x86_64"))]
-    for i in 0..mr {
-        for j in 0..out.cols {
-            let mut sum = 0f32;
-            for k in 0..kc {
-                sum += *x.add(k * ldk + i) * *w.add(k * NR + j);
-            }
-            let y = out.y.add(i * out.ldy + j);
-            *y = if !out.first {
-                *y + sum
-            } else if out.bias.is_null() {
-                sum
-            } else {
-                sum + *out.bias.add(j)
-            };
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod dispatch;
+mod rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-thread_local! {
-    /// Kernels a caller on this thread asks for instead of the best ones (tests run the AVX2
-    /// kernels on AVX-512 CPUs this way); `None` takes [`isa`].
-    static ISA_OVERRIDE: std::cell::Cell<Option<Isa>> = const { std::cell::Cell::new(None) };
-}
+pub(crate) use dispatch::available;
+use dispatch::{block, finish, isa, Isa, ISA_OVERRIDE};
+pub(crate) use rows::{matmul_t_rows, transpose_row_chunks, WeightRows, ROW_CHUNK};
 
 #[cfg(test)]
 mod tests;
